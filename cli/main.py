@@ -1,0 +1,34 @@
+"""The ``dscmr`` command line: a Typer app whose sub-commands each live in their own module.
+
+Each module exposes ``register(app, bench_app)`` and adds its commands; this file only wires them together.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cli import bench_map, bench_search, demo, index, search, train, vision
+
+app = typer.Typer(
+    name="dscmr",
+    help="Deep supervised cross-modal retrieval: train, evaluate, index and search images and texts.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+bench_app = typer.Typer(
+    help="Benchmarks that print figures (mAP over seeds, comparisons, search speed).", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+for _module in (train, vision, index, search, bench_map, bench_search, demo):
+    _module.register(app, bench_app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,366 @@
+"""Experiment configuration: frozen dataclasses loaded from TOML.
+
+A config file has one table per section (``[data]``, ``[model]``, ``[loss]``, ``[train]``, ``[eval]``). Unknown
+keys and wrong types are errors that name the key and the file. Overrides (``--set train.lr=3e-4``) go through
+:func:`dataclasses.replace`, and the resolved config is saved next to every run's outputs.
+
+The generic helpers (:func:`from_dict`, :func:`apply_overrides`, :func:`to_dict`, :func:`load_toml`) work for any
+nested frozen dataclass, so other tasks (vision, experiments) define their own config classes and reuse them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dscmr.errors import ConfigError
+from dscmr.utils.io import atomic_write_text
+
+T = TypeVar("T")
+
+NORM_CHOICES = ("mean_l2", "frobenius")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is split.
+
+    Attributes:
+        format: ``wikipedia`` (raw_features.mat + list files), ``dscmr`` (the DSCMR release .mat layout),
+            ``npz`` (generic arrays), ``folder`` (images + captions) or a built-in dataset name.
+        root: Folder (or .npz file) holding the data. Relative paths are resolved from the working directory.
+        text_key: Key prefix of the text features in ``raw_features.mat`` (``T`` -> ``T_tr``/``T_te``).
+        image_key: Key prefix of the image features in ``raw_features.mat``.
+        img_dim: Expected image-feature dimension; 0 accepts whatever the data has.
+        txt_dim: Expected text-feature dimension; 0 accepts whatever the data has.
+        num_classes: Expected number of classes; 0 infers it from the labels.
+        val_fraction: Fraction of the training split carved out (stratified) for validation.
+        val_seed: Seed of the validation split.
+        standardize: Standardise each feature with the training split's mean and std (stored in the model).
+        skip_bad: Folder datasets: drop bad records (with a count) instead of failing.
+        image_size: Folder datasets: input size of the image encoder.
+        image_backbone: Folder datasets: registered vision model used as the frozen image encoder.
+        text_model: Folder datasets: sentence-transformers model name or path ("" = offline all-MiniLM-L6-v2).
+        cache_dir: Folder datasets: where cached features go ("" = ~/.cache/dscmr).
+    """
+
+    format: str = "wikipedia"
+    root: str = "../shared/data/wikipedia"
+    text_key: str = "T"
+    image_key: str = "I"
+    img_dim: int = 0
+    txt_dim: int = 0
+    num_classes: int = 0
+    val_fraction: float = 0.1
+    val_seed: int = 0
+    standardize: bool = False
+    skip_bad: bool = False
+    image_size: int = 224
+    image_backbone: str = "mobilenet_v2_100"
+    text_model: str = ""
+    cache_dir: str = ""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """DSCMR network shape.
+
+    Attributes:
+        img_hidden: Widths of the image subnet's Linear+ReLU layers.
+        txt_hidden: Widths of the text subnet's Linear+ReLU layers.
+        common_dim: Width of the weight-shared common-space layer.
+        dropout: Dropout probability after each subnet layer (0 disables).
+        hash_bits: Bits of the optional learned hash layer tanh(W u) on the common space (0 disables).
+    """
+
+    img_hidden: tuple[int, ...] = (2048,)
+    txt_hidden: tuple[int, ...] = (2048,)
+    common_dim: int = 1024
+    dropout: float = 0.0
+    hash_bits: int = 0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """DSCMR objective: J1 + alpha * J2 + beta * J3.
+
+    Attributes:
+        alpha: Weight of the common-space discrimination loss J2.
+        beta: Weight of the modality-invariance loss J3.
+        norm: ``mean_l2`` (mean of per-sample L2 norms, the authors' code) or ``frobenius`` (the paper's text).
+        hash_weight: Weight of the discrimination loss on the relaxed hash codes (learned hashing only).
+        quant_weight: Weight of the quantization loss ||h - sign(h)||^2 (learned hashing only).
+    """
+
+    alpha: float = 1e-3
+    beta: float = 1e-1
+    norm: str = "mean_l2"
+    hash_weight: float = 1.0
+    quant_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and run control.
+
+    Attributes:
+        epochs: Maximum number of epochs.
+        batch_size: Mini-batch size.
+        lr: Adam learning rate.
+        betas: Adam betas.
+        weight_decay: Adam weight decay.
+        patience: Stop after this many epochs without a validation improvement (0 disables early stopping).
+        seed: Seed for python, numpy and torch (weights init and data order).
+        threads: torch intra-op threads (0 leaves torch's default).
+        checkpoint_every: Save resumable training state every N epochs.
+    """
+
+    epochs: int = 500
+    batch_size: int = 100
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    weight_decay: float = 0.0
+    patience: int = 50
+    seed: int = 0
+    threads: int = 0
+    checkpoint_every: int = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Retrieval evaluation.
+
+    Attributes:
+        k: Cut-off for mAP@k; 0 means mAP@all.
+        chunk_size: Queries scored per chunk (bounds memory).
+    """
+
+    k: int = 0
+    chunk_size: int = 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """A complete DSCMR experiment."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.loss.norm not in NORM_CHOICES:
+            raise ConfigError(f"loss.norm must be one of {', '.join(NORM_CHOICES)}, got {self.loss.norm!r}")
+        if not 0.0 <= self.data.val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if self.train.batch_size <= 0 or self.train.epochs <= 0:
+            raise ConfigError("train.batch_size and train.epochs must be positive")
+        if not 0.0 <= self.model.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
+        if self.model.hash_bits < 0 or self.model.hash_bits % 8:
+            raise ConfigError(f"model.hash_bits must be a multiple of 8 (0 disables), got {self.model.hash_bits}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Generic machinery for nested frozen dataclasses
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{where}: expected {tp}, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected a list of {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {type(value).__name__}")
+        return from_dict(typing.cast(type, tp), value, source=where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
+    """Build the dataclass ``cls`` from a nested dict, rejecting unknown keys and wrong types.
+
+    Args:
+        cls: A (frozen) dataclass type whose fields may be dataclasses themselves.
+        data: Parsed TOML/JSON content.
+        source: Used in error messages (a file name and section), e.g. ``configs/wiki.toml [train]``.
+
+    Raises:
+        ConfigError: Naming the offending key and ``source``.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"unknown key {key!r} in {source} (known keys: {known})")
+        tp = hints[key]
+        where = f"{source}.{key}" if dataclasses.is_dataclass(tp) else f"key {key!r} in {source}"
+        if dataclasses.is_dataclass(tp):
+            where = f"{source} [{key}]" if "[" not in source else f"{source}.{key}"
+        kwargs[key] = _coerce(value, tp, where)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested dict of a dataclass config, with tuples as lists (TOML/JSON friendly)."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple | list):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` as a TOML value, falling back to a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...] | None) -> T:
+    """Apply ``section.key=value`` overrides with :func:`dataclasses.replace`.
+
+    Values are parsed as TOML (``1e-4``, ``true``, ``[1024, 512]``, ``"text"``); a bare word is a string.
+
+    Raises:
+        ConfigError: For a malformed override, an unknown key or a wrong type.
+    """
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        path = [p for p in dotted.strip().split(".") if p]
+        if not path:
+            raise ConfigError(f"override {item!r} has an empty key")
+        cfg = _replace_path(cfg, path, _parse_value(raw.strip()), item)
+    return cfg
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, item: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"unknown key {head!r} in override {item!r} (known keys: {', '.join(sorted(names))})")
+    hints = typing.get_type_hints(type(obj))
+    if len(path) == 1:
+        if dataclasses.is_dataclass(hints[head]):
+            raise ConfigError(f"override {item!r} names a section; use section.key=value")
+        new = _coerce(value, hints[head], f"override {item!r}")
+    else:
+        child = getattr(obj, head)
+        if not dataclasses.is_dataclass(child):
+            raise ConfigError(f"override {item!r}: {head!r} is not a section")
+        new = _replace_path(child, path[1:], value, item)
+    return dataclasses.replace(obj, **{head: new})
+
+
+def load_toml(cls: type[T], path: str | Path) -> T:
+    """Load a TOML file into the dataclass ``cls``.
+
+    Raises:
+        ConfigError: The file is missing, is not valid TOML, or has unknown keys / wrong types.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return from_dict(cls, data, source=str(path))
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] | None = None) -> Config:
+    """Load a DSCMR experiment config and apply ``--set`` overrides."""
+    return apply_overrides(load_toml(Config, path), overrides)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def dumps_toml(cfg: Any) -> str:
+    """Serialise a config dataclass (sections of scalars and lists) as TOML."""
+    lines: list[str] = []
+    top = to_dict(cfg)
+    scalars = {k: v for k, v in top.items() if not isinstance(v, dict)}
+    for k, v in scalars.items():
+        lines.append(f"{k} = {_toml_value(v)}")
+    for section, body in top.items():
+        if not isinstance(body, dict):
+            continue
+        lines.append("" if lines else "")
+        lines.append(f"[{section}]")
+        for k, v in body.items():
+            if isinstance(v, dict):
+                raise TypeError("nested tables deeper than one level are not supported")
+            lines.append(f"{k} = {_toml_value(v)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def save_config(cfg: Any, folder: str | Path) -> None:
+    """Write the resolved config as ``config.toml`` and ``config.json`` into ``folder`` (atomically)."""
+    folder = Path(folder)
+    atomic_write_text(folder / "config.toml", dumps_toml(cfg))
+    atomic_write_text(folder / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

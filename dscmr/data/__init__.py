@@ -1,0 +1,40 @@
+"""Datasets: (image, text, labels) splits from feature files, image+caption folders and built-in sets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dscmr.data.features import (
+    FEATURE_FORMATS,
+    FeatureDataset,
+    Split,
+    carve_validation,
+    load_dataset,
+    resolve_data_root,
+    to_multi_hot,
+)
+
+# Loaders for formats defined outside features.py (folder datasets, built-in sets) register here:
+# name -> callable(root: Path, cfg: DataConfig) -> FeatureDataset
+_extra_formats: dict[str, Callable[[Path, Any], FeatureDataset]] = {}
+
+
+def register_format(name: str, loader: Callable[[Path, Any], FeatureDataset]) -> None:
+    """Register a dataset loader under ``data.format = name``."""
+    if name in FEATURE_FORMATS or name in _extra_formats:
+        raise ValueError(f"data format {name!r} is already registered")
+    _extra_formats[name] = loader
+
+
+__all__ = [
+    "FEATURE_FORMATS",
+    "FeatureDataset",
+    "Split",
+    "carve_validation",
+    "load_dataset",
+    "register_format",
+    "resolve_data_root",
+    "to_multi_hot",
+]

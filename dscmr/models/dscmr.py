@@ -1,0 +1,133 @@
+"""The DSCMR network (Zhen et al., "Deep Supervised Cross-Modal Retrieval", CVPR 2019).
+
+::
+
+    image features -> img_net (Linear+ReLU)* -\
+                                               > common (shared Linear) -> u, v  -> classifier (shared Linear)
+    text features  -> txt_net (Linear+ReLU)* -/                                  -> hash (optional tanh(W u))
+
+The common-space layer and the label classifier are **the same modules** for both modalities; only the subnets
+are modality-specific. Per-feature input standardisation (fitted on the training split) lives in buffers, so a
+saved model encodes raw features on its own.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class DSCMROutput(NamedTuple):
+    """Everything one forward pass over a batch of image-text pairs produces.
+
+    Attributes:
+        img_common: Image embeddings in the common space, ``(B, D)``.
+        txt_common: Text embeddings in the common space, ``(B, D)``.
+        img_logits: Label predictions from the image embeddings, ``(B, C)``.
+        txt_logits: Label predictions from the text embeddings, ``(B, C)``.
+        img_hash: Relaxed image hash codes in (-1, 1), ``(B, bits)``, or None without a hash layer.
+        txt_hash: Relaxed text hash codes, ``(B, bits)``, or None.
+    """
+
+    img_common: torch.Tensor
+    txt_common: torch.Tensor
+    img_logits: torch.Tensor
+    txt_logits: torch.Tensor
+    img_hash: torch.Tensor | None = None
+    txt_hash: torch.Tensor | None = None
+
+
+def make_subnet(in_dim: int, hidden: tuple[int, ...], *, dropout: float = 0.0) -> nn.Sequential:
+    """A modality-specific subnet: ``(Linear -> ReLU [-> Dropout])`` per entry of ``hidden``."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for width in hidden:
+        layers += [nn.Linear(d, width), nn.ReLU(inplace=True)]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = width
+    return nn.Sequential(*layers)
+
+
+class InputNorm(nn.Module):
+    """Fixed per-feature standardisation ``(x - mean) / std``; identity until :meth:`set_stats` is called."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class DSCMR(nn.Module):
+    """Two modality subnets, a weight-shared common-space layer and a shared linear label classifier.
+
+    Args:
+        img_dim: Input image-feature dimension.
+        txt_dim: Input text-feature dimension.
+        num_classes: Number of labels C.
+        img_hidden: Widths of the image subnet layers (paper: ``(2048,)``).
+        txt_hidden: Widths of the text subnet layers (paper: ``(2048,)``).
+        common_dim: Width of the common space (paper: 1024).
+        dropout: Dropout after each subnet layer.
+        hash_bits: Width of the optional learned hash layer ``tanh(W u)``; 0 disables it.
+    """
+
+    def __init__(
+        self,
+        img_dim: int,
+        txt_dim: int,
+        num_classes: int,
+        *,
+        img_hidden: tuple[int, ...] = (2048,),
+        txt_hidden: tuple[int, ...] = (2048,),
+        common_dim: int = 1024,
+        dropout: float = 0.0,
+        hash_bits: int = 0,
+    ) -> None:
+        super().__init__()
+        if img_hidden[-1:] != txt_hidden[-1:]:
+            raise ValueError("the last subnet widths must match: both feed the same shared layer")
+        self.img_dim, self.txt_dim, self.num_classes = img_dim, txt_dim, num_classes
+        self.img_norm = InputNorm(img_dim)
+        self.txt_norm = InputNorm(txt_dim)
+        self.img_net = make_subnet(img_dim, tuple(img_hidden), dropout=dropout)
+        self.txt_net = make_subnet(txt_dim, tuple(txt_hidden), dropout=dropout)
+        subnet_out = img_hidden[-1] if img_hidden else img_dim
+        self.common = nn.Linear(subnet_out, common_dim)  # shared by both modalities
+        self.classifier = nn.Linear(common_dim, num_classes)  # shared label classifier
+        self.hash = nn.Linear(common_dim, hash_bits) if hash_bits else None
+        self.embed_dim = common_dim
+        self.hash_bits = hash_bits
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """Image features ``(B, img_dim)`` -> common-space embeddings ``(B, D)``."""
+        return self.common(self.img_net(self.img_norm(x)))
+
+    def encode_text(self, x: torch.Tensor) -> torch.Tensor:
+        """Text features ``(B, txt_dim)`` -> common-space embeddings ``(B, D)``."""
+        return self.common(self.txt_net(self.txt_norm(x)))
+
+    def hash_codes(self, u: torch.Tensor) -> torch.Tensor:
+        """Relaxed hash codes ``tanh(W u)`` in (-1, 1), ``(B, bits)``; take the sign for binary codes."""
+        if self.hash is None:
+            raise RuntimeError("this model has no hash layer (model.hash_bits = 0)")
+        return torch.tanh(self.hash(u))
+
+    def forward(self, img: torch.Tensor, txt: torch.Tensor) -> DSCMROutput:
+        u = self.encode_image(img)  # (B, D)
+        v = self.encode_text(txt)  # (B, D)
+        hu = self.hash_codes(u) if self.hash is not None else None
+        hv = self.hash_codes(v) if self.hash is not None else None
+        return DSCMROutput(u, v, self.classifier(u), self.classifier(v), hu, hv)

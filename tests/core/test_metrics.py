@@ -1,0 +1,122 @@
+"""Retrieval metrics against a plain per-query loop and against scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from dscmr.eval import average_precisions, cross_modal_map, mean_average_precision, pr_curve, precision_at_k
+
+
+def loop_ap(xq, xb, lq, lb, k=0):
+    """Plain per-query loop: rank by cosine, walk the list, average the precisions at relevant ranks."""
+    out = []
+    xqn = xq / np.linalg.norm(xq, axis=1, keepdims=True)
+    xbn = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    for i in range(len(xq)):
+        scores = xbn @ xqn[i]
+        order = sorted(range(len(xb)), key=lambda j: (-scores[j], j))
+        if k:
+            order = order[:k]
+        hits, total = 0, 0.0
+        for rank, j in enumerate(order, start=1):
+            if float(lq[i] @ lb[j]) > 0:
+                hits += 1
+                total += hits / rank
+        out.append(total / hits if hits else 0.0)
+    return np.array(out)
+
+
+def random_problem(nq=40, nb=60, d=8, c=5, seed=0, multilabel=True):
+    rng = np.random.default_rng(seed)
+    xq = rng.normal(size=(nq, d)).astype(np.float32)
+    xb = rng.normal(size=(nb, d)).astype(np.float32)
+    if multilabel:
+        lq = (rng.random((nq, c)) < 0.3).astype(np.float32)
+        lb = (rng.random((nb, c)) < 0.3).astype(np.float32)
+    else:
+        lq = np.eye(c, dtype=np.float32)[rng.integers(0, c, nq)]
+        lb = np.eye(c, dtype=np.float32)[rng.integers(0, c, nb)]
+    return xq, xb, lq, lb
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("k", [0, 1, 7, 60, 100])
+def test_matches_plain_loop(multilabel, k):
+    xq, xb, lq, lb = random_problem(multilabel=multilabel, seed=k)
+    got = average_precisions(xq, xb, lq, lb, k=k, chunk_size=7)
+    np.testing.assert_allclose(got, loop_ap(xq, xb, lq, lb, k=k), rtol=1e-6, atol=1e-9)
+
+
+def test_matches_sklearn_average_precision():
+    xq, xb, lq, lb = random_problem(nq=30, nb=80, seed=3)
+    got = average_precisions(xq, xb, lq, lb)
+    xqn = xq / np.linalg.norm(xq, axis=1, keepdims=True)
+    xbn = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    for i in range(len(xq)):
+        rel = (lb @ lq[i]) > 0
+        if rel.any():
+            assert got[i] == pytest.approx(average_precision_score(rel, xbn @ xqn[i]), rel=1e-6)
+        else:
+            assert got[i] == 0.0
+
+
+def test_chunk_size_does_not_change_result():
+    xq, xb, lq, lb = random_problem(nq=101, nb=50, seed=5)
+    a = mean_average_precision(xq, xb, lq, lb, chunk_size=1)
+    b = mean_average_precision(xq, xb, lq, lb, chunk_size=1000)
+    assert a == pytest.approx(b, rel=1e-12)
+
+
+def test_perfect_and_worst_rankings():
+    lab = np.eye(2, dtype=np.float32)[[0, 0, 1, 1]]
+    xb = np.array([[1, 0], [1, 0.1], [0, 1], [0.1, 1]], dtype=np.float32)
+    assert mean_average_precision(xb, xb, lab, lab) == pytest.approx(1.0)
+    # Queries that point at the other class rank the two relevant items last: AP = (1/3 + 2/4) / 2.
+    flipped = np.array([[0, 1], [0, 1], [1, 0], [1, 0]], dtype=np.float32)
+    assert mean_average_precision(flipped, xb, lab, lab) == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def test_hamming_ranking_equals_code_distance_ranking():
+    rng = np.random.default_rng(1)
+    codes_q = np.sign(rng.normal(size=(20, 16))).astype(np.float32)
+    codes_b = np.sign(rng.normal(size=(30, 16))).astype(np.float32)
+    lq = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 20)]
+    lb = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 30)]
+    ham = (codes_q[:, None, :] != codes_b[None, :, :]).sum(-1)
+    # Stable ranking by Hamming distance == ranking by negative distance.
+    got = average_precisions(codes_q, codes_b, lq, lb, metric="hamming")
+    expected = average_precisions(-ham.astype(np.float32), np.eye(30, dtype=np.float32), lq, lb, metric="inner_product")
+    np.testing.assert_allclose(got, expected)
+
+
+def test_precision_at_k_and_pr_curve_against_loop():
+    xq, xb, lq, lb = random_problem(nq=25, nb=40, seed=7)
+    xqn = xq / np.linalg.norm(xq, axis=1, keepdims=True)
+    xbn = xb / np.linalg.norm(xb, axis=1, keepdims=True)
+    rel_sorted = []
+    for i in range(len(xq)):
+        order = np.argsort(-(xbn @ xqn[i]), kind="stable")
+        rel_sorted.append(((lb[order] @ lq[i]) > 0).astype(float))
+    rel_sorted = np.array(rel_sorted)
+    assert precision_at_k(xq, xb, lq, lb, k=5, chunk_size=4) == pytest.approx(rel_sorted[:, :5].mean())
+    curve = pr_curve(xq, xb, lq, lb, points=5, chunk_size=3)
+    for r, p, rc in zip(curve.ranks, curve.precision, curve.recall, strict=True):
+        assert p == pytest.approx(rel_sorted[:, :r].sum(1).mean() / r)
+        n_rel = np.maximum(rel_sorted.sum(1), 1)
+        assert rc == pytest.approx((rel_sorted[:, :r].sum(1) / n_rel).mean())
+    assert curve.recall[-1] == pytest.approx(np.mean(rel_sorted.sum(1) > 0))
+
+
+def test_cross_modal_map_directions():
+    xq, xb, lq, _ = random_problem(nq=30, nb=30, seed=2, multilabel=False)
+    m = cross_modal_map(xq, xb, lq)
+    assert m["img2txt"] == pytest.approx(mean_average_precision(xq, xb, lq, lq))
+    assert m["txt2img"] == pytest.approx(mean_average_precision(xb, xq, lq, lq))
+    assert m["avg"] == pytest.approx((m["img2txt"] + m["txt2img"]) / 2)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        mean_average_precision(np.zeros((2, 3)), np.zeros((2, 4)), np.ones((2, 1)), np.ones((2, 1)))
