@@ -1,9 +1,131 @@
-"""Placeholder: commands for this sub-app are added by their issue."""
+"""``dscmr bench search`` (index speed, recall and size) and ``dscmr bench hashing`` (binary vs float mAP)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+from cli._common import cli_errors, print_json
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    from dscmr.errors import QueryError
+
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise QueryError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+@cli_errors
+def bench_search_cmd(
+    n: int = typer.Option(100_000, "--n", help="Database size."),
+    dim: int = typer.Option(128, "--dim", help="Vector dimension."),
+    bits: int = typer.Option(64, "--bits", help="Code length of BFlat and hybrid."),
+    factory: list[str] = typer.Option([], "--factory", help="Float ANN factory (repeatable) [HNSW32, IVF1024,Flat]."),
+    hash_method: str = typer.Option("itq", "--hash", help="Codes for BFlat / hybrid: sign or itq."),
+    nq: int = typer.Option(200, "--nq", help="Queries (single-query latency and recall)."),
+    ef_construction: int = typer.Option(40, "--ef-construction", help="HNSW efConstruction."),
+    ef_search: str = typer.Option("16,32,64,128", "--ef-search", help="HNSW efSearch values to report."),
+    nprobe: str = typer.Option("8,16,32,64", "--nprobe", help="IVF nprobe values to report."),
+    shortlist: str = typer.Option("100,200,500,1000", "--shortlist", help="Hybrid shortlist lengths k'."),
+    run: Path | None = typer.Option(None, "--run", help="Draw vectors around this run's embeddings."),
+    threads: int = typer.Option(1, "--threads", help="FAISS / torch threads (latency is per this many)."),
+    seed: int = typer.Option(0, "--seed", help="Data seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Build Flat, ANN float indexes, BFlat and hybrid over N vectors; report build time, latency, recall, size."""
+    import faiss
+    import torch
+
+    from dscmr.errors import QueryError
+    from indexing.bench import DEFAULT_FACTORIES, bench_search, run_embeddings
+
+    if n <= 0 or dim <= 0 or nq <= 0:
+        raise QueryError("--n, --dim and --nq must be positive")
+    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)
+    vectors = None
+    if run is not None:
+        from dscmr.train import load_run
+
+        vectors = run_embeddings(load_run(run), n + nq, dim, seed=seed)
+    report = bench_search(
+        n,
+        dim,
+        factories=tuple(factory) or DEFAULT_FACTORIES,
+        bits=bits,
+        hash_method=hash_method,
+        nq=nq,
+        seed=seed,
+        ef_construction=ef_construction,
+        ef_search=_ints(ef_search, "--ef-search"),
+        nprobe=_ints(nprobe, "--nprobe"),
+        shortlists=_ints(shortlist, "--shortlist"),
+        vectors=vectors,
+        log=None if json_out else lambda msg: typer.echo(msg, err=True),
+    )
+    report["data"] = f"run {run}" if run else "clustered"
+    if json_out:
+        print_json(report)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"search benchmark: n={n}, d={dim}, {report['threads']} thread(s), nq={nq}")
+    for col in ("index", "params", "recall@10", "p50 ms", "p99 ms", "batch ms/q", "build s", "bytes/item"):
+        table.add_column(col, justify="left" if col in ("index", "params") else "right")
+    for r in report["results"]:
+        params = " ".join(f"{k}={v}" for k, v in r["params"].items())
+        table.add_row(
+            r["index"], params, f"{r['recall_at_10']:.4f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
+            f"{r['batch_ms_per_query']:.4f}", f"{r['build_seconds']:.1f}", f"{r['bytes_per_item']:.1f}",
+        )  # fmt: skip
+    Console().print(table)
+
+
+@cli_errors
+def bench_hashing_cmd(
+    config: Path = typer.Option(Path("configs/wikipedia.toml"), "--config", "-c", help="Experiment TOML file."),
+    bits: str = typer.Option("16,32,64,128", "--bits", help="Code lengths."),
+    methods: str = typer.Option("sign,itq,learned", "--methods", help="Hash methods."),
+    epochs: int = typer.Option(40, "--epochs", help="Training epochs of each model."),
+    set_: list[str] = typer.Option([], "--set", help="Override a config field: section.key=value (repeatable)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the runs [default: runs/bench-hashing-<config>]."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Binary 16/32/64/128-bit mAP next to float mAP, for sign, itq and learned codes."""
+    from dscmr.config import load_config
+    from dscmr.errors import QueryError
+    from indexing.bench_hashing import METHODS, bench_hashing
+
+    names = tuple(m.strip() for m in methods.split(",") if m.strip())
+    bad = [m for m in names if m not in METHODS]
+    if bad or not names:
+        raise QueryError(f"--methods must be a comma-separated subset of {', '.join(METHODS)}, got {methods!r}")
+    cfg = load_config(config, set_)
+    report = bench_hashing(
+        cfg,
+        out or Path("runs") / f"bench-hashing-{config.stem}",
+        bits=_ints(bits, "--bits"),
+        methods=names,
+        epochs=epochs,
+        log=None if json_out else lambda msg: typer.echo(msg, err=True),
+    )
+    if json_out:
+        print_json(report)
+        return
+    f = report["float"]
+    typer.echo(f"float mAP: img->txt {f['img2txt']:.4f}  txt->img {f['txt2img']:.4f}  avg {f['avg']:.4f}")
+    for r in report["results"]:
+        typer.echo(
+            f"{r['method']:8s} {r['bits']:4d} bits  img->txt {r['img2txt']:.4f}  txt->img {r['txt2img']:.4f}  "
+            f"avg {r['avg']:.4f}  ({r['ratio']:.1%} of float)"
+        )
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add this module's commands to the app (none yet)."""
+    """Add ``bench search`` and ``bench hashing``."""
+    bench_app.command("search")(bench_search_cmd)
+    bench_app.command("hashing")(bench_hashing_cmd)

@@ -1,15 +1,70 @@
-"""``dscmr demo``: the end-to-end demo (owned by the end-to-end issue; a placeholder until it lands)."""
+"""``dscmr demo`` (the end-to-end demo on built-in data) and ``dscmr bench encoders``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
+from cli._common import cli_errors, print_json
 
-def demo_cmd() -> None:
-    """Run the end-to-end demo on built-in data."""
-    typer.echo("The end-to-end demo is not there yet. Meanwhile try:\n  dscmr train --config configs/wikipedia.toml")
+
+@cli_errors
+def demo_cmd(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (run, index bundles, contact sheet)."),
+    dataset: str = typer.Option("shapes", "--dataset", help="Built-in dataset: shapes (default) or digits."),
+    cache_dir: str = typer.Option("", "--cache-dir", help="Generated data and cached features [~/.cache/dscmr]."),
+    threads: int = typer.Option(0, "--threads", help="torch threads (0 = torch's default)."),
+    quick: bool = typer.Option(False, "--quick", hidden=True, help="Tiny version for tests (100 pictures, 4 epochs)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Run the end-to-end demo: data, training, indexes, example queries, mAP, contact sheet."""
+    from dscmr.demo import run_demo
+
+    result = run_demo(
+        out,
+        dataset=dataset,
+        quick=quick,
+        cache_dir=cache_dir,
+        threads=threads,
+        progress=None if not json_out else False,
+        say=(lambda s: None) if json_out else typer.echo,
+    )
+    if json_out:
+        print_json(result.to_dict())
+
+
+@cli_errors
+def bench_encoders_cmd(
+    threads: int = typer.Option(1, "--threads", help="torch threads for both sides."),
+    n_texts: int = typer.Option(1000, "--texts", help="Sentences to encode."),
+    n_images: int = typer.Option(64, "--images", help="Images to encode."),
+    image_size: int = typer.Option(160, "--image-size", help="Input side of the image encoder."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (the best one is reported)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Encoder throughput vs SentenceTransformer.encode and torchvision's mobilenet_v2."""
+    from dscmr.encoders.bench import bench_encoders
+
+    res = bench_encoders(threads=threads, n_texts=n_texts, n_images=n_images, image_size=image_size, rounds=rounds)
+    if json_out:
+        print_json(res)
+        return
+    t, i = res["text"], res["image"]
+    typer.echo(f"threads {res['threads']}")
+    typer.echo(
+        f"text  ({t['n']} sentences, batch {t['batch_size']}): "
+        + ", ".join(f"{k} {v:.1f}/s" for k, v in t["items_per_s"].items())
+        + f"  ratio {t['ratio']:.3f}"
+    )
+    typer.echo(f"image ({i['n']} images, {i['image_size']} px, batch {i['batch_size']}):")
+    for k, v in i["items_per_s"].items():
+        ratio = i["ratio_vs_torchvision"].get(k)
+        typer.echo(f"  {k:38s} {v:8.1f}/s" + (f"  x{ratio:.3f}" if ratio is not None else ""))
+    typer.echo(f"  files (decode+transform+backbone) ratio vs torchvision: x{i['files_ratio']:.3f}")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``demo``."""
+    """Add ``demo`` and ``bench encoders``."""
     app.command("demo")(demo_cmd)
+    bench_app.command("encoders")(bench_encoders_cmd)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench_map, bench_search, demo, index, search, train, vision
+from cli import bench_eval, bench_map, bench_search, demo, index, search, train, vision
 
 app = typer.Typer(
     name="dscmr",
@@ -21,7 +21,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
-for _module in (train, vision, index, search, bench_map, bench_search, demo):
+for _module in (train, vision, index, search, bench_map, bench_search, bench_eval, demo):
     _module.register(app, bench_app)
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from cli._common import cli_errors, print_json
 from dscmr.config import apply_overrides, load_toml
-from dscmr.tasks._runs import ProgressFn
+
+if TYPE_CHECKING:
+    from dscmr.tasks._runs import ProgressFn
 
 T = TypeVar("T")
 
@@ -65,12 +67,13 @@ def _resolve(cls: type[T], config: Path | None, sets: list[str] | None, updates:
     ``--set``.
     """
     cfg: Any = load_toml(cls, config) if config else cls()
+    sections: dict[str, dict[str, Any]] = {}
     for dotted, value in updates.items():
-        if value is None:
-            continue
-        section, key = dotted.split(".")
-        cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
-    return apply_overrides(cfg, sets)
+        if value is not None:
+            section, key = dotted.split(".")
+            sections.setdefault(section, {})[key] = value
+    new = {name: dataclasses.replace(getattr(cfg, name), **kw) for name, kw in sections.items()}
+    return apply_overrides(dataclasses.replace(cfg, **new), sets)
 
 
 def _default_out(task: str, name: str, seed: int) -> Path:
@@ -349,6 +352,7 @@ def bench_dead_kernels(
     rel: float = typer.Option(0.01, "--rel", help="Dead when L2 norm < rel x layer median."),
     abs_threshold: float = typer.Option(None, "--abs", help="Use this absolute L2 threshold instead."),
     threads: int = typer.Option(0, "--threads"),
+    limit: int = typer.Option(0, "--limit", help="Use only the first N digits (0 = all 1797)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Train MobileNetV1 and V2 briefly on upscaled sklearn digits; print both dead-kernel fractions."""
@@ -363,6 +367,7 @@ def bench_dead_kernels(
             rel_threshold=rel,
             abs_threshold=abs_threshold,
             threads=threads,
+            limit=limit,
             progress=progress,
         )
     if json_out:

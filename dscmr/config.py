@@ -46,6 +46,8 @@ class DataConfig:
         skip_bad: Folder datasets: drop bad records (with a count) instead of failing.
         image_size: Folder datasets: input size of the image encoder.
         image_backbone: Folder datasets: registered vision model used as the frozen image encoder.
+        image_backbone_weights: Folder datasets: fine-tuned backbone weights (``model.safetensors`` of
+            ``dscmr vision classify``) instead of the ImageNet ones ("" = ImageNet).
         text_model: Folder datasets: sentence-transformers model name or path ("" = offline all-MiniLM-L6-v2).
         cache_dir: Folder datasets: where cached features go ("" = ~/.cache/dscmr).
     """
@@ -63,6 +65,7 @@ class DataConfig:
     skip_bad: bool = False
     image_size: int = 224
     image_backbone: str = "mobilenet_v2_100"
+    image_backbone_weights: str = ""
     text_model: str = ""
     cache_dir: str = ""
 

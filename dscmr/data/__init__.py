@@ -28,6 +28,17 @@ def register_format(name: str, loader: Callable[[Path, Any], FeatureDataset]) ->
     _extra_formats[name] = loader
 
 
+def _register_raw_formats() -> None:
+    """Register the folder and built-in formats (cheap: their heavy imports happen inside the loaders)."""
+    from dscmr.data.builtin import load_digits_dataset, load_shapes_dataset
+    from dscmr.data.folder import load_folder
+
+    for name, loader in (("folder", load_folder), ("digits", load_digits_dataset), ("shapes", load_shapes_dataset)):
+        _extra_formats.setdefault(name, loader)
+
+
+_register_raw_formats()
+
 __all__ = [
     "FEATURE_FORMATS",
     "FeatureDataset",

@@ -56,12 +56,24 @@ class DeadKernelReport:
         }
 
 
-def depthwise_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Weights with depthwise shape ``(C, 1, k, k)``, ``C > 1`` and ``k > 1``, by state-dict key."""
+def depthwise_weights(source: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Depthwise convolution weights ``(C, 1, k, k)`` by state-dict key.
+
+    For a model, these are the ``Conv2d`` layers with ``groups == in_channels > 1``. A bare state dict has no
+    ``groups``, so a weight counts when it has depthwise shape (``C > 1``, ``k > 1``) and is not the first
+    convolution (a stem on a one-channel image has the same shape).
+    """
+    if isinstance(source, nn.Module):
+        return {
+            f"{name}.weight": m.weight
+            for name, m in source.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels and m.weight[0].numel() > 1
+        }
+    convs = [k for k, v in source.items() if k.endswith("weight") and v.dim() == 4]
     return {
-        k: v
-        for k, v in state.items()
-        if k.endswith("weight") and v.dim() == 4 and v.shape[1] == 1 and v.shape[0] > 1 and v.shape[2] * v.shape[3] > 1
+        k: source[k]
+        for k in convs[1:]
+        if source[k].shape[1] == 1 and source[k].shape[0] > 1 and source[k][0].numel() > 1
     }
 
 
@@ -80,10 +92,9 @@ def dead_kernel_report(
     """
     if abs_threshold is None and rel_threshold <= 0:
         raise ConfigError(f"the relative threshold must be positive, got {rel_threshold}")
-    state = source.state_dict() if isinstance(source, nn.Module) else source
     layers = []
     dead = total = 0
-    for name, w in depthwise_weights(state).items():
+    for name, w in depthwise_weights(source).items():
         norms = w.detach().float().flatten(1).norm(dim=1)  # (C,)
         median = float(norms.median())
         thr = abs_threshold if abs_threshold is not None else rel_threshold * median
@@ -145,10 +156,25 @@ def dead_kernel_benchmark(
     rel_threshold: float = 0.01,
     abs_threshold: float | None = None,
     threads: int = 0,
+    limit: int = 0,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
     """Train each model briefly on the same upscaled digits (same seed, order and optimiser) and report its
     dead-kernel fraction and training accuracy.
+
+    Args:
+        models: Registered model names to compare.
+        epochs: Training epochs of each model.
+        batch_size: Images per mini-batch.
+        lr: Adam learning rate.
+        weight_decay: Adam (L2) weight decay.
+        image_size: Side the 8x8 digits are upscaled to.
+        seed: Seed of the init and the data order (the same for every model).
+        rel_threshold: Relative dead-kernel threshold (x layer median norm).
+        abs_threshold: Absolute threshold used instead, if given.
+        threads: torch intra-op threads (0 leaves the default).
+        limit: Use only the first ``limit`` digits (0 = all 1797).
+        progress: Progress callback.
 
     Returns:
         ``{"models": {name: {"fraction", "dead", "total", "train_acc", "seconds"}}, "epochs", "seed",
@@ -156,7 +182,9 @@ def dead_kernel_benchmark(
     """
     set_threads(threads)
     x, y = digits_dataset(image_size)
-    out: dict[str, Any] = {"epochs": epochs, "seed": seed, "image_size": image_size, "models": {}}
+    if limit > 0:
+        x, y = x[:limit], y[:limit]
+    out: dict[str, Any] = {"epochs": epochs, "seed": seed, "image_size": image_size, "n": len(x), "models": {}}
     for name in models:
         seed_everything(seed)
         gen = torch.Generator().manual_seed(seed)

@@ -88,7 +88,8 @@ class HsiTrainConfig:
         seed: Seed of the split, the PCA, the weights init and the data order.
         threads: torch intra-op threads (0 leaves torch's default).
         eval_batch_size: Patches per evaluation batch.
-        full_map: Predict every pixel (not only the labelled ones) for the classification map.
+        full_map: Predict every pixel for the classification map; otherwise the map shows the predictions on
+            the test pixels and the ground truth of the training pixels (unlabelled pixels black).
     """
 
     epochs: int = 20
@@ -479,10 +480,10 @@ def run_hsi(cfg: HsiConfig, out_dir: str | Path, *, progress: ProgressFn = no_pr
         labels_map[:] = predict(model, data, rr.ravel(), cc.ravel(), batch_size=cfg.train.eval_batch_size).reshape(
             data.shape
         )
-    else:
-        labels_map[test[:, 0], test[:, 1]] = y_pred
+    else:  # test pixels: predicted class; training pixels: their ground-truth class
         tr = data.coords[data.train_idx]
-        labels_map[tr[:, 0], tr[:, 1]] = predict(model, data, tr[:, 0], tr[:, 1], batch_size=cfg.train.eval_batch_size)
+        labels_map[tr[:, 0], tr[:, 1]] = data.labels[data.train_idx]
+        labels_map[test[:, 0], test[:, 1]] = y_pred
     png = _map_png(labels_map, data.num_classes)
     atomic_write_bytes(out_dir / "classification_map.png", png)
     buf = io.BytesIO()

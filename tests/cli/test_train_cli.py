@@ -107,3 +107,11 @@ def test_resume_via_cli(tmp_path, tiny_config):
     res = runner.invoke(app, ["train", "--config", str(tiny_config), "--out", str(out), "--resume", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["avg"] == json.loads(first.stdout)["avg"]
+
+
+def test_bench_eval_json():
+    res = runner.invoke(app, ["bench", "eval", "--n", "300", "--dim", "16", "--loop-queries", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout)
+    assert payload["max_abs_diff_vs_loop"] < 1e-9
+    assert payload["n_queries"] == 300 and payload["speedup"] > 0

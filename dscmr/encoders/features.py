@@ -1,0 +1,149 @@
+"""Raw images and texts -> cached encoder features, driven by a :class:`~dscmr.config.DataConfig`.
+
+This is the bridge between raw data and the DSCMR model, which consumes feature vectors: the folder and built-in
+dataset loaders call :func:`image_features` / :func:`text_features` to build their feature matrices, and the
+retrieval layer calls :func:`encode_queries` to turn a query sentence or picture into the same kind of features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dscmr.config import DataConfig
+from dscmr.encoders._progress import items_progress
+from dscmr.encoders.cache import FeatureCache, default_cache_dir, fingerprint_files, fingerprint_texts
+from dscmr.encoders.image import ImageDecodeError, ImageEncoder
+from dscmr.encoders.text import TextEncoder, check_texts
+from dscmr.errors import DscmrError, QueryError
+
+# Formats whose features come from the raw encoders (raw queries can be encoded for runs trained on them).
+RAW_FORMATS = ("folder", "digits", "shapes")
+
+_image_encoders: dict[tuple[str, int, str], ImageEncoder] = {}
+_text_encoders: dict[str, TextEncoder] = {}
+
+
+def image_encoder_for(cfg: DataConfig) -> ImageEncoder:
+    """The (process-wide, memoised) frozen image encoder a data config describes."""
+    key = (cfg.image_backbone, cfg.image_size, cfg.image_backbone_weights)
+    if key not in _image_encoders:
+        _image_encoders[key] = ImageEncoder(
+            cfg.image_backbone, image_size=cfg.image_size, weights=cfg.image_backbone_weights or None
+        )
+    return _image_encoders[key]
+
+
+def text_encoder_for(cfg: DataConfig) -> TextEncoder:
+    """The (process-wide, memoised) text encoder a data config describes."""
+    if cfg.text_model not in _text_encoders:
+        _text_encoders[cfg.text_model] = TextEncoder(cfg.text_model)
+    return _text_encoders[cfg.text_model]
+
+
+def feature_cache_for(cfg: DataConfig) -> FeatureCache:
+    """The feature cache in ``data.cache_dir`` (default ``~/.cache/dscmr``)."""
+    return FeatureCache(default_cache_dir(cfg.cache_dir))
+
+
+def image_features(
+    paths: Sequence[str | Path],
+    *,
+    encoder: ImageEncoder,
+    cache: FeatureCache | None,
+    batch_size: int = 32,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Features of image files ``(n, d)``, from the cache when possible; unreadable files give NaN rows."""
+
+    def compute() -> np.ndarray:
+        with items_progress("image features", len(paths), enabled=progress) as advance:
+            return encoder.encode_paths(paths, batch_size=batch_size, on_error="nan", advance=advance)
+
+    if cache is None:
+        return compute()
+    return cache.get_or_compute(
+        encoder.cache_spec(), fingerprint_files(paths), len(paths), compute, description=f"{len(paths)} images"
+    )
+
+
+def text_features(
+    texts: Sequence[str],
+    *,
+    encoder: TextEncoder,
+    cache: FeatureCache | None,
+    batch_size: int = 64,
+    progress: bool | None = None,
+) -> np.ndarray:
+    """Features of texts ``(n, d)``, from the cache when possible."""
+
+    def compute() -> np.ndarray:
+        with items_progress("text features ", len(texts), enabled=progress) as advance:
+            return encoder.encode(texts, batch_size=batch_size, advance=advance)
+
+    if cache is None:
+        return compute()
+    return cache.get_or_compute(
+        encoder.cache_spec(), fingerprint_texts(texts), len(texts), compute, description=f"{len(texts)} texts"
+    )
+
+
+def encode_queries(run: Any, *, texts: list[str] | None = None, image_paths: list[str] | None = None) -> np.ndarray:
+    """Raw query texts or image files -> the encoder features a run's DSCMR model takes as input.
+
+    The run's config says which encoders produced its training features (``data.image_backbone``,
+    ``data.image_size``, ``data.image_backbone_weights``, ``data.text_model``); the same ones encode the queries.
+    Apply ``run.model.encode_text`` / ``encode_image`` to the result to get common-space embeddings.
+
+    Args:
+        run: A :class:`~dscmr.train.LoadedRun` (anything with ``.config`` and ``.model``).
+        texts: Query sentences (exactly one of ``texts`` and ``image_paths``).
+        image_paths: Query image files.
+
+    Returns:
+        ``(n, img_dim)`` or ``(n, txt_dim)`` float32 features.
+
+    Raises:
+        QueryError: No or both kinds of query, an empty text, an unreadable image, or a run trained on
+            precomputed features (which raw queries cannot be turned into).
+    """
+    if (texts is None) == (image_paths is None):
+        raise QueryError("pass exactly one of texts=... or image_paths=...")
+    data: DataConfig = run.config.data
+    if data.format not in RAW_FORMATS:
+        raise QueryError(
+            f"this run was trained on precomputed features (data.format={data.format!r}), so raw "
+            f"{'texts' if texts is not None else 'images'} cannot be encoded for it; query it with feature rows, "
+            f"or train on a folder/built-in dataset ({', '.join(RAW_FORMATS)})"
+        )
+    model = run.model
+    try:
+        if texts is not None:
+            if not texts:
+                raise QueryError("no query text given; pass at least one non-empty sentence")
+            items = check_texts(texts, what="query text")
+            feats = text_encoder_for(data).encode(items)
+            expected = int(getattr(model, "txt_dim", None) or feats.shape[1])
+        else:
+            assert image_paths is not None
+            if not image_paths:
+                raise QueryError("no query image given; pass at least one image file")
+            enc = image_encoder_for(data)
+            try:
+                feats = enc.encode_paths([str(p) for p in image_paths], on_error="raise")
+            except ImageDecodeError as exc:
+                raise QueryError(str(exc)) from None
+            expected = int(getattr(model, "img_dim", None) or feats.shape[1])
+    except QueryError:
+        raise
+    except DscmrError as exc:  # e.g. the text model or backbone cannot be loaded
+        raise QueryError(str(exc)) from None
+    if feats.shape[1] != expected:
+        raise QueryError(
+            f"the encoder gives {feats.shape[1]}-d features but the run's model expects {expected}-d; "
+            "the run's data.* encoder settings do not match its training features"
+        )
+    return feats

@@ -1,0 +1,99 @@
+"""Hashing benchmark: cross-modal mAP of binary codes next to the float mAP they come from.
+
+For each code length B and each method:
+
+- ``sign`` / ``itq``: fitted on the float run's training-split embeddings (both modalities), applied to the test
+  split; queries and database are ranked by Hamming distance (ties by index).
+- ``learned``: one DSCMR model per B trained with the hash layer on (``model.hash_bits = B``), same config and
+  epochs; codes are the signs of its hash layer.
+
+Runs are kept in ``out`` and reused on a rerun (delete them to retrain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dscmr.config import Config
+from dscmr.data import load_dataset
+from dscmr.eval.metrics import cross_modal_map
+from dscmr.train import encode_split, load_run, train
+from indexing.from_run import learned_layer
+from indexing.hashing import fit_hasher
+
+BITS = (16, 32, 64, 128)
+METHODS = ("sign", "itq", "learned")
+
+
+def _train_or_load(cfg: Config, run_dir: Path, *, say: Callable[[str], None]) -> Any:
+    if not (run_dir / "metrics.json").is_file():
+        say(f"training {run_dir.name} ({cfg.train.epochs} epochs, hash_bits={cfg.model.hash_bits})")
+        train(cfg, run_dir, progress=False)
+    return load_run(run_dir)
+
+
+def _map(img: np.ndarray, txt: np.ndarray, labels: np.ndarray, metric: str) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in cross_modal_map(img, txt, labels, metric=metric).items()}
+
+
+def bench_hashing(
+    cfg: Config,
+    out: str | Path,
+    *,
+    bits: tuple[int, ...] = BITS,
+    methods: tuple[str, ...] = METHODS,
+    epochs: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Float and binary test mAP for every (method, bits).
+
+    Args:
+        cfg: Experiment config (``model.hash_bits`` is overridden per run).
+        out: Folder for the trained runs.
+        bits: Code lengths.
+        methods: Subset of ``sign``, ``itq``, ``learned``.
+        epochs: Overrides ``train.epochs`` (keep it modest: one model per learned code length).
+        log: Progress messages.
+
+    Returns:
+        ``{"float": {...}, "results": [{"method", "bits", "img2txt", "txt2img", "avg", "ratio"}], ...}``; ``ratio``
+        is the binary avg mAP over the float avg mAP of the same float run (for ``learned``, the float mAP of the
+        float run too, so every ratio has the same denominator).
+    """
+    say = log or (lambda msg: None)
+    out = Path(out)
+    if epochs:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
+    base_cfg = replace(cfg, model=replace(cfg.model, hash_bits=0))
+    ds = load_dataset(cfg.data)
+    test = ds.test
+    run = _train_or_load(base_cfg, out / "float", say=say)
+    u_tr, v_tr = encode_split(run.model, ds.train)
+    u, v = (t.numpy() for t in encode_split(run.model, test))
+    flt = _map(u, v, test.labels, "cosine")
+    say(f"float mAP: {flt}")
+    train_emb = torch.cat([u_tr, v_tr]).numpy()
+    results: list[dict[str, Any]] = []
+    for b in bits:
+        for method in methods:
+            if method == "learned":
+                hrun = _train_or_load(replace(cfg, model=replace(cfg.model, hash_bits=b)), out / f"learned{b}", say=say)
+                hasher = learned_layer(hrun)
+                hu, hv = (t.numpy() for t in encode_split(hrun.model, test))
+                zi, zt = hasher.project(hu), hasher.project(hv)
+                own_float = _map(hu, hv, test.labels, "cosine")
+            else:
+                hasher = fit_hasher(method, train_emb, b, seed=cfg.train.seed)
+                zi, zt = hasher.project(u), hasher.project(v)
+                own_float = flt
+            m = _map(zi, zt, test.labels, "hamming")
+            row = {"method": method, "bits": b, **m, "ratio": round(m["avg"] / flt["avg"], 4), "model_float": own_float}
+            say(f"{method:8s} {b:4d} bits: avg {m['avg']:.4f} ({row['ratio']:.1%} of float)")
+            results.append(row)
+    return {"float": flt, "epochs": cfg.train.epochs, "results": results, "runs": str(out)}

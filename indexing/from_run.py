@@ -1,0 +1,198 @@
+"""Run-level glue: encode a dataset split with a trained run, then build or extend a bundle from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dscmr.config import DataConfig, load_config, to_dict
+from dscmr.data import load_dataset
+from dscmr.errors import QueryError
+from dscmr.train import LoadedRun, encode_split, load_run
+from indexing.build import BuildProgress, BuildSpec, add_to_bundle, build_bundle
+from indexing.bundle import MODALITIES, IndexBundle
+from indexing.hashing import LinearHasher, learned_hasher
+
+
+def raw_formats() -> tuple[str, ...]:
+    """Data formats whose items are raw files / sentences (the rest are precomputed benchmark features)."""
+    try:
+        from dscmr.encoders import RAW_FORMATS
+    except ImportError:  # the raw encoders are optional
+        return ()
+    return tuple(RAW_FORMATS)
+
+
+@dataclass(frozen=True)
+class EncodedItems:
+    """One modality of a split, encoded: raw embeddings, item strings, labels and how items are named."""
+
+    embeddings: np.ndarray
+    items: list[str]
+    labels: np.ndarray
+    kind: str
+    classes: list[str] | None
+
+
+def as_run(run: LoadedRun | str | Path) -> LoadedRun:
+    return run if isinstance(run, LoadedRun) else load_run(run)
+
+
+def resolve_data(run: LoadedRun, data: str | Path | None) -> DataConfig:
+    """The data config to index: a TOML config's ``[data]``, the run's data config pointed at a path, or the run's
+    own data config (``data`` None)."""
+    if data is None or str(data) == "":
+        return run.config.data
+    p = Path(data)
+    if p.suffix == ".toml":
+        return load_config(p).data
+    return replace(run.config.data, root=str(p))
+
+
+def item_kind(data: DataConfig, modality: str) -> str:
+    """``path`` (image files) / ``text`` (captions) for raw datasets, ``id`` for precomputed features."""
+    if data.format in raw_formats():
+        return "path" if modality == "image" else "text"
+    return "id"
+
+
+def check_modality(modality: str) -> str:
+    if modality not in MODALITIES:
+        raise QueryError(f"--modality must be image or text, got {modality!r}")
+    return modality
+
+
+def encode_items(run: LoadedRun, data: DataConfig, *, modality: str, split: str = "test") -> EncodedItems:
+    """Encode one modality of a split with the run's model; duplicate items (e.g. one image with several
+    captions) are kept once, with the union of their labels."""
+    check_modality(modality)
+    ds = load_dataset(data)
+    sp = ds.split(split)
+    if len(sp) == 0:
+        raise QueryError(f"the {split} split is empty; choose another --split")
+    u, v = encode_split(run.model, sp)
+    emb = (u if modality == "image" else v).numpy()
+    names = sp.img_items if modality == "image" else sp.txt_items
+    items = list(names) if names is not None else [str(i) for i in range(len(sp))]
+    first: dict[str, int] = {}
+    keep: list[int] = []
+    labels = sp.labels.copy()
+    for row, name in enumerate(items):
+        if name in first:
+            labels[first[name]] = np.maximum(labels[first[name]], labels[row])
+        else:
+            first[name] = row
+            keep.append(row)
+    idx = np.asarray(keep, dtype=np.int64)
+    classes = list(ds.class_names) if ds.class_names else None
+    return EncodedItems(
+        np.ascontiguousarray(emb[idx]), [items[i] for i in keep], labels[idx], item_kind(data, modality), classes
+    )
+
+
+def learned_layer(run: LoadedRun) -> LinearHasher:
+    """The run's trained hash layer as a hasher (QueryError when the run has none)."""
+    layer = run.model.hash
+    if layer is None:
+        raise QueryError(
+            f"{run.run_dir} has no hash layer, so it has no learned codes; train with model.hash_bits > 0 "
+            "(configs/wikipedia_hash.toml) or use --binary sign|itq"
+        )
+    return learned_hasher(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+
+
+def run_info(run: LoadedRun) -> dict[str, Any]:
+    """The manifest's ``run`` entry."""
+    return {
+        "path": str(run.run_dir),
+        "checkpoint_sha256": run.checkpoint_sha256,
+        "embed_dim": int(run.model.embed_dim),
+        "hash_bits": int(run.model.hash_bits),
+        "data_format": run.config.data.format,
+    }
+
+
+def _source(data: DataConfig, split: str) -> dict[str, Any]:
+    return {"data": to_dict(data), "split": split}
+
+
+@torch.no_grad()
+def _hash_train(run: LoadedRun, data: DataConfig) -> np.ndarray:
+    """Embeddings the sign / itq hashers are fitted on: both modalities of the training split, so image and text
+    codes share one centre and one rotation."""
+    u, v = encode_split(run.model, load_dataset(data).train)
+    return torch.cat([u, v]).numpy()
+
+
+def build_from_run(
+    run: LoadedRun | str | Path,
+    out: str | Path,
+    *,
+    modality: str,
+    data: str | Path | None = None,
+    split: str = "test",
+    spec: BuildSpec | None = None,
+    progress: BuildProgress | None = None,
+) -> IndexBundle:
+    """Encode one modality of a split with a run and write a bundle of it at ``out``.
+
+    Args:
+        run: A run folder or a loaded run.
+        out: Bundle folder (an existing bundle there is replaced atomically).
+        modality: ``image`` or ``text``: which side of the dataset becomes searchable.
+        data: A TOML config, a data path (read with the run's data config), or None for the run's own data.
+        split: Dataset split to index.
+        spec: Indexes to build (default: exact float ``Flat``).
+        progress: ``(stage, done, total)`` callback.
+    """
+    run = as_run(run)
+    spec = spec or BuildSpec()
+    dcfg = resolve_data(run, data)
+    enc = encode_items(run, dcfg, modality=modality, split=split)
+    learned = learned_layer(run) if spec.binary == "learned" else None
+    hash_train = _hash_train(run, dcfg) if spec.binary in ("sign", "itq") else None
+    return build_bundle(
+        out,
+        enc.embeddings,
+        modality=modality,
+        items=enc.items,
+        kind=enc.kind,
+        labels=enc.labels,
+        run_info=run_info(run),
+        spec=spec,
+        source=_source(dcfg, split),
+        hash_train=hash_train,
+        learned=learned,
+        classes=enc.classes,
+        progress=progress,
+    )
+
+
+def add_from_run(
+    bundle: str | Path,
+    run: LoadedRun | str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "test",
+    progress: BuildProgress | None = None,
+) -> IndexBundle:
+    """Encode a split with the bundle's run and append it to the bundle (no retraining, atomic)."""
+    from indexing.bundle import read_manifest
+
+    run = as_run(run)
+    manifest = read_manifest(Path(bundle))
+    dcfg = resolve_data(run, data)
+    enc = encode_items(run, dcfg, modality=str(manifest["modality"]), split=split)
+    return add_to_bundle(
+        bundle,
+        enc.embeddings,
+        items=enc.items,
+        checkpoint_sha256=run.checkpoint_sha256,
+        labels=enc.labels,
+        source=_source(dcfg, split),
+        progress=progress,
+    )
