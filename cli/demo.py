@@ -14,7 +14,9 @@ def demo_cmd(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder (run, index bundles, contact sheet)."),
     dataset: str = typer.Option("shapes", "--dataset", help="Built-in dataset: shapes (default) or digits."),
     cache_dir: str = typer.Option("", "--cache-dir", help="Generated data and cached features [~/.cache/dscmr]."),
-    threads: int = typer.Option(0, "--threads", help="torch threads (0 = torch's default)."),
+    threads: int = typer.Option(
+        1, "--threads", help="torch threads (0 = torch's default; 1 is safest on a busy 2-core machine)."
+    ),
     quick: bool = typer.Option(False, "--quick", hidden=True, help="Tiny version for tests (100 pictures, 4 epochs)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:

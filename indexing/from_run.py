@@ -96,13 +96,19 @@ def encode_items(run: LoadedRun, data: DataConfig, *, modality: str, split: str 
 
 def learned_layer(run: LoadedRun) -> LinearHasher:
     """The run's trained hash layer as a hasher (QueryError when the run has none)."""
-    layer = run.model.hash
+    layer, norm = run.model.hash, getattr(run.model, "hash_norm", None)
     if layer is None:
         raise QueryError(
             f"{run.run_dir} has no hash layer, so it has no learned codes; train with model.hash_bits > 0 "
             "(configs/wikipedia_hash.toml) or use --binary sign|itq"
         )
-    return learned_hasher(layer.weight.detach().numpy(), layer.bias.detach().numpy())
+    W = layer.weight.detach().double().numpy()  # (B, D)
+    b = layer.bias.detach().double().numpy()  # (B,)
+    if norm is not None:  # fold the eval-mode batch norm into the projection: same signs, one matmul
+        scale = norm.weight.detach().double().numpy() / np.sqrt(norm.running_var.double().numpy() + norm.eps)
+        b = (b - norm.running_mean.double().numpy()) * scale + norm.bias.detach().double().numpy()
+        W = W * scale[:, None]
+    return learned_hasher(W, b)
 
 
 def run_info(run: LoadedRun) -> dict[str, Any]:

@@ -108,6 +108,10 @@ class DSCMR(nn.Module):
         self.common = nn.Linear(subnet_out, common_dim)  # shared by both modalities
         self.classifier = nn.Linear(common_dim, num_classes)  # shared label classifier
         self.hash = nn.Linear(common_dim, hash_bits) if hash_bits else None
+        # Per-bit batch normalisation before tanh: common-space embeddings share a large offset (their mean is
+        # most of their norm), which saturates tanh(W u) to one code for every item; centring each bit keeps
+        # the relaxed codes in tanh's linear range so the discrimination loss can spread them.
+        self.hash_norm = nn.BatchNorm1d(hash_bits) if hash_bits else None
         self.embed_dim = common_dim
         self.hash_bits = hash_bits
 
@@ -120,10 +124,16 @@ class DSCMR(nn.Module):
         return self.common(self.txt_net(self.txt_norm(x)))
 
     def hash_codes(self, u: torch.Tensor) -> torch.Tensor:
-        """Relaxed hash codes ``tanh(W u)`` in (-1, 1), ``(B, bits)``; take the sign for binary codes."""
-        if self.hash is None:
+        """Relaxed hash codes ``tanh(BN(W u + b))`` in (-1, 1), ``(B, bits)``; take the sign for binary codes."""
+        if self.hash is None or self.hash_norm is None:
             raise RuntimeError("this model has no hash layer (model.hash_bits = 0)")
-        return torch.tanh(self.hash(u))
+        h = self.hash(u)  # (B, bits)
+        bn = self.hash_norm
+        if self.training and h.shape[0] == 1:  # batch statistics need two rows: use the running ones
+            h = nn.functional.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        else:
+            h = bn(h)
+        return torch.tanh(h)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> DSCMROutput:
         u = self.encode_image(img)  # (B, D)
