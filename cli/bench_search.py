@@ -46,6 +46,9 @@ def bench_search_cmd(
         raise QueryError("--n, --dim and --nq must be positive")
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(threads)  # numpy's BLAS too
     vectors = None
     if run is not None:
         from dscmr.train import load_run

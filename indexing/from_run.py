@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from dscmr.config import DataConfig, load_config, to_dict
-from dscmr.data import load_dataset
+from dscmr.data import FeatureDataset, load_dataset
 from dscmr.errors import QueryError
 from dscmr.train import LoadedRun, encode_split, load_run
 from indexing.build import BuildProgress, BuildSpec, add_to_bundle, build_bundle
@@ -66,11 +66,13 @@ def check_modality(modality: str) -> str:
     return modality
 
 
-def encode_items(run: LoadedRun, data: DataConfig, *, modality: str, split: str = "test") -> EncodedItems:
+def encode_items(
+    run: LoadedRun, data: DataConfig, *, modality: str, split: str = "test", dataset: FeatureDataset | None = None
+) -> EncodedItems:
     """Encode one modality of a split with the run's model; duplicate items (e.g. one image with several
     captions) are kept once, with the union of their labels."""
     check_modality(modality)
-    ds = load_dataset(data)
+    ds = dataset if dataset is not None else load_dataset(data)
     sp = ds.split(split)
     if len(sp) == 0:
         raise QueryError(f"the {split} split is empty; choose another --split")
@@ -127,10 +129,10 @@ def _source(data: DataConfig, split: str) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def _hash_train(run: LoadedRun, data: DataConfig) -> np.ndarray:
+def _hash_train(run: LoadedRun, ds: FeatureDataset) -> np.ndarray:
     """Embeddings the sign / itq hashers are fitted on: both modalities of the training split, so image and text
     codes share one centre and one rotation."""
-    u, v = encode_split(run.model, load_dataset(data).train)
+    u, v = encode_split(run.model, ds.train)
     return torch.cat([u, v]).numpy()
 
 
@@ -158,9 +160,10 @@ def build_from_run(
     run = as_run(run)
     spec = spec or BuildSpec()
     dcfg = resolve_data(run, data)
-    enc = encode_items(run, dcfg, modality=modality, split=split)
+    ds = load_dataset(dcfg)
+    enc = encode_items(run, dcfg, modality=modality, split=split, dataset=ds)
     learned = learned_layer(run) if spec.binary == "learned" else None
-    hash_train = _hash_train(run, dcfg) if spec.binary in ("sign", "itq") else None
+    hash_train = _hash_train(run, ds) if spec.binary in ("sign", "itq") else None
     return build_bundle(
         out,
         enc.embeddings,

@@ -19,7 +19,7 @@ def rerank(xq: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int) 
     """Re-rank candidate ids by exact cosine.
 
     Candidates are gathered in increasing id order (near-sequential reads: 2x faster than shortlist order on
-    200k x 128 vectors), scored with one matrix-vector product, and only the top k are sorted.
+    200k x 128 vectors), scored exactly, and only the top k are sorted.
 
     Args:
         xq: Queries ``(nq, d)`` (normalised here).
@@ -39,7 +39,8 @@ def rerank(xq: np.ndarray, candidates: np.ndarray, vectors: np.ndarray, k: int) 
         ids = np.sort(candidates[q][candidates[q] >= 0])  # (k',) ascending
         if ids.size == 0:
             continue
-        scores = np.asarray(vectors[ids]) @ xq[q]  # (k',)
+        # einsum, not BLAS gemv: on a busy machine a threaded gemv of 4000 x 128 took 18 ms, einsum 0.1 ms
+        scores = np.einsum("kd,d->k", np.take(vectors, ids, axis=0), xq[q])  # (k',)
         if ids.size > k:  # keep every candidate scoring at least the k-th best, so ties stay id-ordered
             kth = np.partition(scores, ids.size - k)[ids.size - k]
             keep = scores >= kth

@@ -43,3 +43,24 @@ def test_bench_hashing_on_tiny_data(tiny_config: Path, tmp_path: Path) -> None:
     assert [(r["method"], r["bits"]) for r in report["results"]] == [("sign", 16), ("itq", 16), ("learned", 16)]
     for r in report["results"]:
         assert 0 < r["avg"] <= 1 and r["ratio"] > 0
+
+
+def test_hash_layer_spreads_codes_despite_a_common_offset() -> None:
+    from dscmr.models import DSCMR
+
+    torch.manual_seed(0)
+    m = DSCMR(8, 6, 3, img_hidden=(16,), txt_hidden=(16,), common_dim=12, hash_bits=16)
+    u = torch.randn(64, 12) * 0.1 + 10.0  # embeddings dominated by a shared offset, like trained DSCMR ones
+    m.train()
+    h = m.hash_codes(u)
+    assert (h > 0).float().mean(0).sub(0.5).abs().max() < 0.3  # each bit is centred over the batch
+    assert m.hash_codes(u[:1]).shape == (1, 16)  # a batch of one falls back to the running statistics
+    m.eval()
+    codes = learned_layer_of(m).encode(u.numpy())
+    np.testing.assert_array_equal(np.unpackbits(codes, axis=1), (m.hash_codes(u).detach().numpy() > 0))
+
+
+def learned_layer_of(model):
+    from types import SimpleNamespace
+
+    return learned_layer(SimpleNamespace(model=model, run_dir="mem"))
