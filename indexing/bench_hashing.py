@@ -7,11 +7,13 @@ For each code length B and each method:
 - ``learned``: one DSCMR model per B trained with the hash layer on (``model.hash_bits = B``), same config and
   epochs; codes are the signs of its hash layer.
 
-Runs are kept in ``out`` and reused on a rerun (delete them to retrain).
+Runs are kept in ``out`` under a hash of their config and reused by a rerun with the same config.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dscmr.config import Config
+from dscmr.config import Config, to_dict
 from dscmr.data import load_dataset
 from dscmr.eval.metrics import cross_modal_map
 from dscmr.train import encode_split, load_run, train
@@ -31,7 +33,10 @@ BITS = (16, 32, 64, 128)
 METHODS = ("sign", "itq", "learned")
 
 
-def _train_or_load(cfg: Config, run_dir: Path, *, say: Callable[[str], None]) -> Any:
+def _train_or_load(cfg: Config, folder: Path, name: str, *, say: Callable[[str], None]) -> Any:
+    """Train (or reuse) the run of ``cfg`` in ``folder/<name>-<config hash>``: a changed config never reuses a run."""
+    digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    run_dir = folder / f"{name}-{digest}"
     if not (run_dir / "metrics.json").is_file():
         say(f"training {run_dir.name} ({cfg.train.epochs} epochs, hash_bits={cfg.model.hash_bits})")
         train(cfg, run_dir, progress=False)
@@ -73,7 +78,7 @@ def bench_hashing(
     base_cfg = replace(cfg, model=replace(cfg.model, hash_bits=0))
     ds = load_dataset(cfg.data)
     test = ds.test
-    run = _train_or_load(base_cfg, out / "float", say=say)
+    run = _train_or_load(base_cfg, out, "float", say=say)
     u_tr, v_tr = encode_split(run.model, ds.train)
     u, v = (t.numpy() for t in encode_split(run.model, test))
     flt = _map(u, v, test.labels, "cosine")
@@ -83,7 +88,8 @@ def bench_hashing(
     for b in bits:
         for method in methods:
             if method == "learned":
-                hrun = _train_or_load(replace(cfg, model=replace(cfg.model, hash_bits=b)), out / f"learned{b}", say=say)
+                hcfg = replace(cfg, model=replace(cfg.model, hash_bits=b))
+                hrun = _train_or_load(hcfg, out, f"learned{b}", say=say)
                 hasher = learned_layer(hrun)
                 hu, hv = (t.numpy() for t in encode_split(hrun.model, test))
                 zi, zt = hasher.project(hu), hasher.project(hv)
