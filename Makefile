@@ -16,8 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check dscmr indexing cli tests
+	$(VENV)/bin/ruff format --check dscmr indexing cli tests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy dscmr indexing

@@ -80,6 +80,7 @@ class ModelConfig:
         common_dim: Width of the weight-shared common-space layer.
         dropout: Dropout probability after each subnet layer (0 disables).
         hash_bits: Bits of the optional learned hash layer tanh(W u) on the common space (0 disables).
+        center: Subtract the mean training embedding before cosine ranking (model selection included).
     """
 
     img_hidden: tuple[int, ...] = (2048,)
@@ -87,6 +88,7 @@ class ModelConfig:
     common_dim: int = 1024
     dropout: float = 0.0
     hash_bits: int = 0
+    center: bool = True
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ def learned_layer(run: LoadedRun) -> LinearHasher:
         )
     W = layer.weight.detach().double().numpy()  # (B, D)
     b = layer.bias.detach().double().numpy()  # (B,)
+    # Embeddings given to the hasher are centred (model.encode_*); the layer was trained on uncentred ones.
+    b = b + W @ run.model.center.detach().double().numpy()
     if norm is not None:  # fold the eval-mode batch norm into the projection: same signs, one matmul
         scale = norm.weight.detach().double().numpy() / np.sqrt(norm.running_var.double().numpy() + norm.eps)
         b = (b - norm.running_mean.double().numpy()) * scale + norm.bias.detach().double().numpy()

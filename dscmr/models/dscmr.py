@@ -114,17 +114,38 @@ class DSCMR(nn.Module):
         self.hash_norm = nn.BatchNorm1d(hash_bits) if hash_bits else None
         self.embed_dim = common_dim
         self.hash_bits = hash_bits
+        # Retrieval centre: the mean training embedding, subtracted by encode_image/encode_text. Zero while
+        # training (forward never uses it); the trainer sets it so cosine ranks around the data, not the origin.
+        self.center: torch.Tensor
+        self.register_buffer("center", torch.zeros(common_dim))
+
+    def _image_common(self, x: torch.Tensor) -> torch.Tensor:
+        return self.common(self.img_net(self.img_norm(x)))  # (B, D), uncentred
+
+    def _text_common(self, x: torch.Tensor) -> torch.Tensor:
+        return self.common(self.txt_net(self.txt_norm(x)))  # (B, D), uncentred
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        """Image features ``(B, img_dim)`` -> common-space embeddings ``(B, D)``."""
-        return self.common(self.img_net(self.img_norm(x)))
+        """Image features ``(B, img_dim)`` -> common-space retrieval embeddings ``(B, D)`` (minus the centre)."""
+        return self._image_common(x) - self.center
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        """Text features ``(B, txt_dim)`` -> common-space embeddings ``(B, D)``."""
-        return self.common(self.txt_net(self.txt_norm(x)))
+        """Text features ``(B, txt_dim)`` -> common-space retrieval embeddings ``(B, D)`` (minus the centre)."""
+        return self._text_common(x) - self.center
+
+    def set_center(self, center: torch.Tensor | None) -> None:
+        """Set (or, with None, clear) the retrieval centre subtracted by :meth:`encode_image` / :meth:`encode_text`."""
+        self.center.copy_(torch.zeros_like(self.center) if center is None else center.detach())
 
     def hash_codes(self, u: torch.Tensor) -> torch.Tensor:
-        """Relaxed hash codes ``tanh(BN(W u + b))`` in (-1, 1), ``(B, bits)``; take the sign for binary codes."""
+        """Relaxed hash codes ``tanh(BN(W u + b))`` in (-1, 1), ``(B, bits)``; take the sign for binary codes.
+
+        Args:
+            u: Embeddings as returned by :meth:`encode_image` / :meth:`encode_text` (the centre is added back).
+        """
+        return self._hash_uncentred(u + self.center)
+
+    def _hash_uncentred(self, u: torch.Tensor) -> torch.Tensor:
         if self.hash is None or self.hash_norm is None:
             raise RuntimeError("this model has no hash layer (model.hash_bits = 0)")
         h = self.hash(u)  # (B, bits)
@@ -136,8 +157,9 @@ class DSCMR(nn.Module):
         return torch.tanh(h)
 
     def forward(self, img: torch.Tensor, txt: torch.Tensor) -> DSCMROutput:
-        u = self.encode_image(img)  # (B, D)
-        v = self.encode_text(txt)  # (B, D)
-        hu = self.hash_codes(u) if self.hash is not None else None
-        hv = self.hash_codes(v) if self.hash is not None else None
+        """Training forward: uncentred common-space embeddings, label logits and relaxed hash codes."""
+        u = self._image_common(img)  # (B, D)
+        v = self._text_common(txt)  # (B, D)
+        hu = self._hash_uncentred(u) if self.hash is not None else None
+        hv = self._hash_uncentred(v) if self.hash is not None else None
         return DSCMROutput(u, v, self.classifier(u), self.classifier(v), hu, hv)

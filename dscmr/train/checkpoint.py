@@ -127,6 +127,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         raise CheckpointError(str(exc)) from None
     model = build_model(meta)
     state = load_tensors(run_dir / MODEL_FILE)
+    state.setdefault("center", torch.zeros(model.embed_dim))  # runs saved before the retrieval centre existed
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

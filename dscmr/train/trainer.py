@@ -215,6 +215,7 @@ def train(
             model.train()
             perm = torch.randperm(n, generator=gen)
             total = 0.0
+            emb_sum = torch.zeros(model.embed_dim)
             for i in range(0, n, tc.batch_size):
                 idx = perm[i : i + tc.batch_size]
                 out = model(img[idx], txt[idx])
@@ -223,6 +224,11 @@ def train(
                 terms.total.backward()
                 opt.step()
                 total += float(terms.total.detach()) * idx.numel()
+                emb_sum += (out.img_common.detach() + out.txt_common.detach()).sum(0)  # (D,)
+            if cfg.model.center:
+                # Retrieval centre = mean training embedding of this epoch (both modalities), used for validation
+                # and saved with the selected weights.
+                model.set_center(emb_sum / (2 * n))
             val = evaluate_split(model, ds.val, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size)
             record = {"epoch": epoch, "loss": total / n, **{f"val_{k}": v for k, v in val.items()}}
             history.append(record)

@@ -50,3 +50,14 @@ def test_input_norm_standardises():
     m = DSCMR(3, 2, 2, img_hidden=(4,), txt_hidden=(4,), common_dim=2)
     m.img_norm.set_stats(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([2.0, 2.0, 2.0]))
     assert torch.allclose(m.img_norm(torch.tensor([[3.0, 2.0, 1.0]])), torch.tensor([[1.0, 0.0, -1.0]]))
+
+
+def test_centre_is_subtracted_for_retrieval_only():
+    m = DSCMR(6, 4, 3, img_hidden=(8,), txt_hidden=(8,), common_dim=5, hash_bits=8).eval()
+    x, t = torch.randn(2, 6), torch.randn(2, 4)
+    before_fwd = m(x, t)
+    before_codes = m.hash_codes(m.encode_image(x))
+    m.set_center(torch.ones(5))
+    assert torch.allclose(m.encode_image(x), before_fwd.img_common - 1)
+    assert torch.allclose(m(x, t).img_logits, before_fwd.img_logits)  # training forward unchanged
+    assert torch.allclose(m.hash_codes(m.encode_image(x)), before_codes, atol=1e-6)

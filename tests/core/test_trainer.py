@@ -88,3 +88,16 @@ def test_load_run_errors(tmp_path, tiny_config):
     (tmp_path / "r" / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="safetensors"):
         load_run(tmp_path / "r")
+
+
+def test_retrieval_centre_is_the_training_mean_and_can_be_switched_off(tmp_path, tiny_config):
+    on = load_run(train(load_config(tiny_config, ["train.epochs=2"]), tmp_path / "on", progress=False).run_dir)
+    off = load_run(
+        train(
+            load_config(tiny_config, ["train.epochs=2", "model.center=false"]), tmp_path / "off", progress=False
+        ).run_dir
+    )
+    assert torch.count_nonzero(off.model.center) == 0
+    assert torch.count_nonzero(on.model.center) > 0
+    x = torch.randn(4, on.model.img_dim)
+    assert torch.allclose(on.model.encode_image(x), on.model._image_common(x) - on.model.center)
