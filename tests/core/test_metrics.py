@@ -120,3 +120,14 @@ def test_cross_modal_map_directions():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         mean_average_precision(np.zeros((2, 3)), np.zeros((2, 4)), np.ones((2, 1)), np.ones((2, 1)))
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_tied_scores_break_by_database_index(multilabel):
+    # Duplicate database rows give exactly tied cosines; mAP@all (counting path with its tie fallback) and
+    # mAP@k (sort path) must both follow the stable order, like the loop.
+    xq, xb, lq, lb = random_problem(nq=20, nb=30, seed=11, multilabel=multilabel)
+    xb[10:20] = xb[0:10]
+    for k in (0, 15):
+        got = average_precisions(xq, xb, lq, lb, k=k, chunk_size=6)
+        np.testing.assert_allclose(got, loop_ap(xq, xb, lq, lb, k=k), rtol=1e-6, atol=1e-9)
