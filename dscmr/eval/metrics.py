@@ -17,7 +17,9 @@ Definitions (per query, ranking the database by score):
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,8 +170,19 @@ def average_precisions(
     """Per-query AP@k, ``(nq,)``, ranking ``xb`` for each row of ``xq`` (see module docstring)."""
     out = np.empty(_as_tensor(xq).shape[0], dtype=np.float64)
     if k <= 0 or k >= _as_tensor(xb).shape[0]:  # mAP@all: rank by counting, no argsort
-        for sl, scores, relevant in _chunk_scores(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size):
-            out[sl] = _average_precision_all_by_counting(scores, relevant).numpy()
+        # numpy's sorts release the GIL: score chunks in this thread, count them in up to torch's thread count of
+        # workers, with at most that many chunks in flight so memory stays bounded.
+        workers = max(1, torch.get_num_threads())
+        chunks = _chunk_scores(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            pending: deque[tuple[slice, Future[torch.Tensor]]] = deque()
+            for sl, scores, relevant in chunks:
+                pending.append((sl, pool.submit(_average_precision_all_by_counting, scores, relevant)))
+                while len(pending) >= workers:
+                    done_sl, fut = pending.popleft()
+                    out[done_sl] = fut.result().numpy()
+            for done_sl, fut in pending:
+                out[done_sl] = fut.result().numpy()
         return out
     for sl, rel in _ranked_relevance(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size, k=k):
         out[sl] = _average_precision_ranked(rel).numpy()
