@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from dscmr.config import Config, from_dict
@@ -38,6 +38,13 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Atomically save a flat dict of tensors as safetensors."""
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_with(path, lambda p: save_file(clean, str(p), metadata=metadata))
+
+
+def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Load a safetensors file and its string metadata, with a clear error when it is missing or corrupt."""
+    tensors = load_tensors(path)
+    with safe_open(str(path), framework="pt") as fh:
+        return tensors, dict(fh.metadata() or {})
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

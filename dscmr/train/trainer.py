@@ -27,7 +27,7 @@ from dscmr.train.checkpoint import (
     METRICS_FILE,
     STATE_FILE,
     STATE_META,
-    load_tensors,
+    load_tensors_and_metadata,
     model_meta,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -166,7 +166,12 @@ def train(
         if not state_meta_path.is_file():
             raise CheckpointError(f"nothing to resume in {run_dir}: {STATE_META} is missing; train without --resume")
         st = json.loads(state_meta_path.read_text())
-        tensors = load_tensors(run_dir / STATE_FILE)
+        tensors, tensor_meta = load_tensors_and_metadata(run_dir / STATE_FILE)
+        if tensor_meta.get("epoch") != str(st["epoch"]):
+            raise CheckpointError(
+                f"the training state in {run_dir} is inconsistent (the run was killed while saving it); "
+                f"delete {STATE_FILE} and {STATE_META} and train again"
+            )
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
         optimizer_from_tensors(opt, tensors, st["optimizer"])
@@ -191,7 +196,7 @@ def train(
         opt_tensors, opt_meta = optimizer_to_tensors(opt)
         tensors.update(opt_tensors)
         tensors.update(_rng_tensors(gen))
-        save_tensors(run_dir / STATE_FILE, tensors)
+        save_tensors(run_dir / STATE_FILE, tensors, metadata={"epoch": str(epoch)})  # checked against the JSON
         py_state = random.getstate()
         atomic_write_json(
             run_dir / STATE_META,

@@ -101,3 +101,19 @@ def test_retrieval_centre_is_the_training_mean_and_can_be_switched_off(tmp_path,
     assert torch.count_nonzero(on.model.center) > 0
     x = torch.randn(4, on.model.img_dim)
     assert torch.allclose(on.model.encode_image(x), on.model._image_common(x) - on.model.center)
+
+
+def test_resume_refuses_a_half_saved_state(tmp_path, tiny_config):
+    cfg = load_config(tiny_config, ["train.epochs=4", "train.checkpoint_every=2"])
+
+    def kill_after_2(epoch, record):
+        if epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "r", progress=False, on_epoch_end=kill_after_2)
+    meta = json.loads((tmp_path / "r" / "train_state.json").read_text())
+    meta["epoch"] = 1  # as if the kill came between the tensor file and the JSON
+    (tmp_path / "r" / "train_state.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="inconsistent"):
+        train(cfg, tmp_path / "r", progress=False, resume=True)
