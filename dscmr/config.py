@@ -80,7 +80,8 @@ class ModelConfig:
         common_dim: Width of the weight-shared common-space layer.
         dropout: Dropout probability after each subnet layer (0 disables).
         hash_bits: Bits of the optional learned hash layer tanh(W u) on the common space (0 disables).
-        center: Subtract the mean training embedding before cosine ranking (model selection included).
+        center: Subtract a centre (the mean of the epoch's training-batch embeddings) before cosine ranking;
+            it is saved with the selected weights and used for validation.
     """
 
     img_hidden: tuple[int, ...] = (2048,)
