@@ -168,8 +168,8 @@ def average_precisions(
     chunk_size: int = 1024,
 ) -> np.ndarray:
     """Per-query AP@k, ``(nq,)``, ranking ``xb`` for each row of ``xq`` (see module docstring)."""
-    out = np.empty(_as_tensor(xq).shape[0], dtype=np.float64)
-    if k <= 0 or k >= _as_tensor(xb).shape[0]:  # mAP@all: rank by counting, no argsort
+    out = np.empty(len(xq), dtype=np.float64)
+    if k <= 0 or k >= len(xb):  # mAP@all: rank by counting, no argsort
         # numpy's sorts release the GIL: score chunks in this thread, count them in up to torch's thread count of
         # workers, with at most that many chunks in flight so memory stays bounded.
         workers = max(1, torch.get_num_threads())
@@ -261,7 +261,7 @@ def pr_curve(
     chunk_size: int = 1024,
 ) -> PRCurve:
     """Precision and recall averaged over queries at ``points`` evenly spaced cut-off ranks."""
-    nb = _as_tensor(xb).shape[0]
+    nb = len(xb)
     ranks = np.unique(np.linspace(1, nb, num=max(2, points)).round().astype(np.int64))
     idx = torch.as_tensor(ranks - 1)
     prec_sum = np.zeros(len(ranks))

@@ -258,7 +258,8 @@ def train(
 
     model.load_state_dict(best_state)
     model.eval()
-    val = evaluate_split(model, ds.val, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size)
+    # The selected epoch's validation metrics were computed with these very weights: reuse them.
+    val = {key[4:]: v for key, v in history[best_epoch - 1].items() if key.startswith("val_")}
     test = evaluate_split(model, ds.test, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size)
     save_model(run_dir, model, meta, best_state)
     result = TrainResult(run_dir, best_epoch, val, test, tc.seed, train_seconds, epoch, history)
