@@ -148,7 +148,7 @@ class EvalConfig:
     """
 
     k: int = 0
-    chunk_size: int = 1024
+    chunk_size: int = 256
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ Definitions (per query, ranking the database by score):
 
 from __future__ import annotations
 
-from collections import deque
+import math
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +67,67 @@ def _chunks(nq: int, chunk_size: int) -> Iterator[slice]:
         yield slice(start, min(nq, start + chunk_size))
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """Checked query and database tensors, with what is needed to score any chunk of queries."""
+
+    xq: torch.Tensor
+    xb: torch.Tensor
+    labels_q: torch.Tensor
+    labels_b: torch.Tensor
+    metric: str
+    # Class ids when every query and database item has exactly one label: relevance is then an id comparison,
+    # much cheaper than the label product.
+    class_q: np.ndarray | None
+    class_b: np.ndarray | None
+
+    @classmethod
+    def build(
+        cls,
+        xq: np.ndarray | torch.Tensor,
+        xb: np.ndarray | torch.Tensor,
+        labels_q: np.ndarray | torch.Tensor,
+        labels_b: np.ndarray | torch.Tensor,
+        metric: str,
+    ) -> _Problem:
+        xq_t, xb_t = _as_tensor(xq), _as_tensor(xb)
+        lq, lb = _as_tensor(labels_q), _as_tensor(labels_b)
+        if xq_t.ndim != 2 or xb_t.ndim != 2 or xq_t.shape[1] != xb_t.shape[1]:
+            raise ValueError(
+                f"queries {tuple(xq_t.shape)} and database {tuple(xb_t.shape)} must be (n, d) with equal d"
+            )
+        if lq.shape[0] != xq_t.shape[0] or lb.shape[0] != xb_t.shape[0]:
+            raise ValueError("labels must have one row per query / database item")
+        if metric not in METRICS:
+            raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+        if metric == "cosine":  # normalise once, not once per chunk
+            xq_t = torch.nn.functional.normalize(xq_t, dim=1)
+            xb_t = torch.nn.functional.normalize(xb_t, dim=1)
+            metric = "inner_product"
+        class_q, class_b = _single_label_ids(lq), _single_label_ids(lb)
+        if class_q is None or class_b is None:
+            class_q = class_b = None
+        return cls(xq_t, xb_t, lq, lb, metric, class_q, class_b)
+
+    def chunk(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores (c, nb), relevant (c, nb) bool)`` for the queries in ``rows``."""
+        with torch.no_grad():
+            scores = _scores(self.xq[rows], self.xb, self.metric)
+            if self.class_q is not None and self.class_b is not None:
+                relevant = torch.from_numpy(self.class_q[rows, None] == self.class_b[None, :])
+            else:
+                relevant = (self.labels_q[rows] @ self.labels_b.t()) > 0
+        return scores, relevant
+
+
+def _single_label_ids(labels: torch.Tensor) -> np.ndarray | None:
+    """The class id of each row when ``labels`` is one-hot (exactly one 1, zeros elsewhere), else None."""
+    if labels.ndim != 2 or labels.shape[0] == 0:
+        return None
+    one_hot = bool(((labels == 0) | (labels == 1)).all()) and bool((labels.sum(dim=1) == 1).all())
+    return labels.argmax(dim=1).numpy() if one_hot else None
+
+
 def _chunk_scores(
     xq: np.ndarray | torch.Tensor,
     xb: np.ndarray | torch.Tensor,
@@ -77,15 +138,9 @@ def _chunk_scores(
     chunk_size: int,
 ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """For each chunk of queries: ``(rows, scores (c, nb), relevant (c, nb) bool)``, inputs checked once."""
-    xq_t, xb_t = _as_tensor(xq), _as_tensor(xb)
-    lq, lb = _as_tensor(labels_q), _as_tensor(labels_b)
-    if xq_t.ndim != 2 or xb_t.ndim != 2 or xq_t.shape[1] != xb_t.shape[1]:
-        raise ValueError(f"queries {tuple(xq_t.shape)} and database {tuple(xb_t.shape)} must be (n, d) with equal d")
-    if lq.shape[0] != xq_t.shape[0] or lb.shape[0] != xb_t.shape[0]:
-        raise ValueError("labels must have one row per query / database item")
-    with torch.no_grad():
-        for sl in _chunks(xq_t.shape[0], chunk_size):
-            yield sl, _scores(xq_t[sl], xb_t, metric), (lq[sl] @ lb.t()) > 0
+    problem = _Problem.build(xq, xb, labels_q, labels_b, metric)
+    for sl in _chunks(problem.xq.shape[0], chunk_size):
+        yield (sl, *problem.chunk(sl))
 
 
 def _ranked_relevance(
@@ -106,13 +161,41 @@ def _ranked_relevance(
         yield sl, torch.gather(relevant, 1, order)  # (c, k)
 
 
-def _average_precision_all_by_counting(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
-    """AP@all without an argsort, exact and equal to the stable-sort definition.
+def _sortable_keys(scores: np.ndarray) -> np.ndarray | None:
+    """Exact order-preserving int32 keys of float32 scores, shifted left one bit; None when they do not fit.
 
-    With distinct scores in a row, the p-th best relevant item (p = 1..R) sits at overall rank
-    ``1 + #{items with a higher score}``, found by binary search in the row's sorted scores; then
-    ``AP = (1/R) sum_p p / rank_p``. Two value-only sorts (SIMD in numpy) replace the much slower argsort.
-    Rows with tied scores are recomputed with the stable sort, where ties are broken by database index.
+    A float32's bit pattern read as an int32 orders like the float for non-negative values and in reverse for
+    negative ones; flipping the 31 low bits of negative patterns gives one increasing scale. Scores in (-2, 2)
+    map into [-2**30, 2**30), which leaves the lowest bit free for the relevance flag. Larger scores are first
+    scaled by a power of two when that is exact (checked by scaling back); NaN, inf or an inexact scaling gives None.
+    """
+    lo, hi = float(scores.min()), float(scores.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None
+    if lo <= -2.0 or hi >= 2.0:
+        exp = math.frexp(max(-lo, hi))[1]  # max |s| < 2**exp
+        scaled = np.ldexp(scores, -exp).astype(np.float32)
+        if not np.array_equal(np.ldexp(scaled, exp), scores):  # scaling lost bits (values near underflow)
+            return None
+        scores = scaled
+    bits = (scores + np.float32(0.0)).view(np.int32)  # + 0.0 turns -0.0 into +0.0, which compare equal
+    keys = np.right_shift(bits, 31)  # -1 for negative scores, 0 otherwise (in place from here on)
+    keys &= np.int32(0x7FFFFFFF)
+    keys ^= bits
+    keys <<= 1
+    return keys
+
+
+def _average_precision_all_by_keys(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
+    """AP@all from one value sort per row, exact and equal to the stable-sort definition.
+
+    Each score becomes an int32 key (see ``_sortable_keys``) whose lowest bit is the item's relevance, so a single
+    SIMD value sort orders the row by score and carries the relevance along: no argsort, no gather. Walking the
+    sorted row from the top, the p-th relevant item at position ``pos_p`` gives ``AP = (1/R) sum_p p / pos_p``.
+
+    Equal scores sort relevant-last in ascending order; when such a group mixes relevant and irrelevant items, the
+    order inside it matters, so those rows (and chunks whose scores cannot be keyed exactly) are recomputed with
+    the stable sort, where ties are broken by database index.
 
     Args:
         scores: ``(q, n)`` float scores.
@@ -122,27 +205,24 @@ def _average_precision_all_by_counting(scores: torch.Tensor, relevant: torch.Ten
         ``(q,)`` float64 average precisions.
     """
     s = np.ascontiguousarray(scores.numpy(), dtype=np.float32)
-    rel = relevant.numpy()
     q, n = s.shape
-    all_sorted = np.sort(s, axis=1)  # (q, n) ascending
-    n_rel = rel.sum(axis=1)  # (q,)
-    rmax = int(n_rel.max()) if q else 0
-    out = torch.zeros(q, dtype=torch.float64)
-    if rmax == 0 or n == 0:
-        return out
-    rows, cols = np.nonzero(rel)  # row-major: each row's relevant items are contiguous
-    starts = np.concatenate(([0], np.cumsum(n_rel)[:-1]))
-    neg_rel = np.full((q, rmax), np.inf, dtype=np.float32)  # (q, rmax) compact, padded to sort last
-    neg_rel[rows, np.arange(rows.size) - starts[rows]] = -s[rows, cols]
-    rel_desc = -np.sort(neg_rel, axis=1)  # (q, rmax) relevant scores, best first (-inf padding)
-    higher = n - torch.searchsorted(torch.from_numpy(all_sorted), torch.from_numpy(rel_desc), right=True)
-    p = torch.arange(1, rmax + 1, dtype=torch.float64)  # (rmax,)
-    valid = p[None, :] <= torch.from_numpy(n_rel)[:, None]  # (q, rmax)
-    contrib = torch.where(valid, p / (higher.to(torch.float64) + 1), torch.zeros((), dtype=torch.float64))
-    out = contrib.sum(dim=1) / torch.from_numpy(np.maximum(n_rel, 1)).to(torch.float64)
-    tied = np.flatnonzero((all_sorted[:, 1:] == all_sorted[:, :-1]).any(axis=1))
-    if tied.size:
-        t = torch.from_numpy(tied)
+    keys = _sortable_keys(s) if q and n else None
+    if keys is None:
+        return average_precision_from_scores(scores, relevant) if q and n else torch.zeros(q, dtype=torch.float64)
+    keys |= relevant.numpy()
+    keys.sort(axis=1)  # ascending by (score, relevance)
+    # Adjacent keys differing only in the relevance bit: one score shared by relevant and irrelevant items.
+    mixed_ties = np.flatnonzero(((keys[:, 1:] ^ keys[:, :-1]) == 1).any(axis=1))
+    flat = np.flatnonzero((keys & 1).astype(bool))  # relevant items, row-major, ascending in a row (bool: SIMD)
+    rows = flat // n
+    n_rel = np.bincount(rows, minlength=q)
+    pos = (n - (flat - rows * n)).astype(np.float64)  # 1-based rank from the top
+    first = np.cumsum(n_rel) - n_rel  # index in `flat` of each row's first (lowest-ranked) relevant item
+    p = (n_rel[rows] - (np.arange(flat.size) - first[rows])).astype(np.float64)  # 1-based rank among relevant
+    ap = np.bincount(rows, weights=p / pos, minlength=q) / np.maximum(n_rel, 1)
+    out = torch.from_numpy(ap)
+    if mixed_ties.size:
+        t = torch.from_numpy(mixed_ties)
         out[t] = average_precision_from_scores(scores[t], relevant[t])
     return out
 
@@ -165,24 +245,22 @@ def average_precisions(
     *,
     k: int = 0,
     metric: str = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> np.ndarray:
     """Per-query AP@k, ``(nq,)``, ranking ``xb`` for each row of ``xq`` (see module docstring)."""
     out = np.empty(len(xq), dtype=np.float64)
-    if k <= 0 or k >= len(xb):  # mAP@all: rank by counting, no argsort
-        # numpy's sorts release the GIL: score chunks in this thread, count them in up to torch's thread count of
-        # workers, with at most that many chunks in flight so memory stays bounded.
+    if k <= 0 or k >= len(xb):  # mAP@all: one value sort per row, no argsort
+        problem = _Problem.build(xq, xb, labels_q, labels_b, metric)
+
+        def run(rows: slice) -> None:
+            out[rows] = _average_precision_all_by_keys(*problem.chunk(rows)).numpy()
+
+        # numpy's sorts release the GIL: each worker scores and ranks its own chunks; at most `workers` chunks
+        # are alive at once, so memory stays at O(workers * chunk_size * n_db).
         workers = max(1, torch.get_num_threads())
-        chunks = _chunk_scores(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size)
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            pending: deque[tuple[slice, Future[torch.Tensor]]] = deque()
-            for sl, scores, relevant in chunks:
-                pending.append((sl, pool.submit(_average_precision_all_by_counting, scores, relevant)))
-                while len(pending) >= workers:
-                    done_sl, fut = pending.popleft()
-                    out[done_sl] = fut.result().numpy()
-            for done_sl, fut in pending:
-                out[done_sl] = fut.result().numpy()
+            for fut in [pool.submit(run, sl) for sl in _chunks(problem.xq.shape[0], chunk_size)]:
+                fut.result()
         return out
     for sl, rel in _ranked_relevance(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size, k=k):
         out[sl] = _average_precision_ranked(rel).numpy()
@@ -197,7 +275,7 @@ def mean_average_precision(
     *,
     k: int = 0,
     metric: str = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> float:
     """mAP@k (``k = 0``: mAP@all) of queries ``xq`` against database ``xb``.
 
@@ -222,7 +300,7 @@ def precision_at_k(
     *,
     k: int,
     metric: str = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> float:
     """Mean fraction of relevant items among the top ``k``."""
     if k <= 0:
@@ -258,7 +336,7 @@ def pr_curve(
     *,
     points: int = 20,
     metric: str = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> PRCurve:
     """Precision and recall averaged over queries at ``points`` evenly spaced cut-off ranks."""
     nb = len(xb)
@@ -285,7 +363,7 @@ def cross_modal_map(
     *,
     k: int = 0,
     metric: str = "cosine",
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
 ) -> dict[str, float]:
     """Both retrieval directions on one split: image queries against texts and text queries against images.
 

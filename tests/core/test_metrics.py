@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 
 from dscmr.eval import average_precisions, cross_modal_map, mean_average_precision, pr_curve, precision_at_k
@@ -131,3 +132,59 @@ def test_tied_scores_break_by_database_index(multilabel):
     for k in (0, 15):
         got = average_precisions(xq, xb, lq, lb, k=k, chunk_size=6)
         np.testing.assert_allclose(got, loop_ap(xq, xb, lq, lb, k=k), rtol=1e-6, atol=1e-9)
+
+
+def stable_sort_ap(scores, rel):
+    """AP@all by definition: stable descending order (ties by database index), then precision at each hit."""
+    out = []
+    for s, r in zip(scores, rel, strict=True):
+        order = sorted(range(len(s)), key=lambda j: (-s[j], j))
+        hits, total = 0, 0.0
+        for rank, j in enumerate(order, start=1):
+            if r[j]:
+                hits += 1
+                total += hits / rank
+        out.append(total / hits if hits else 0.0)
+    return np.array(out)
+
+
+def inner_product_ap(scores, rel):
+    """mAP@all of a given score matrix: identity database vectors make the inner products equal ``scores``."""
+    nq, nb = scores.shape
+    labels_b = np.eye(nb, dtype=np.float32)
+    labels_q = rel.astype(np.float32)
+    return average_precisions(scores.astype(np.float32), labels_b, labels_q, labels_b, metric="inner_product")
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "coarse_ties",  # many exact ties mixing relevant and irrelevant items
+        "large",  # |score| >= 2: keys need an exact power-of-two rescale
+        "signed_zero",  # -0.0 and +0.0 are equal scores and must tie
+        "tiny",  # subnormal scores next to zero
+    ],
+)
+def test_all_rank_kernel_equals_stable_sort_definition(case):
+    rng = np.random.default_rng(42)
+    scores = rng.normal(size=(25, 40)).astype(np.float32)
+    if case == "coarse_ties":
+        scores = np.round(scores, 1)
+    elif case == "large":
+        scores = (scores * 1e6).astype(np.float32)
+    elif case == "signed_zero":
+        scores[:, ::3] = np.where(rng.random((25, 14)) < 0.5, -0.0, 0.0)
+    elif case == "tiny":
+        scores = (scores * 1e-40).astype(np.float32)  # subnormal, below the float32 normal range
+    rel = rng.random((25, 40)) < 0.3
+    np.testing.assert_allclose(inner_product_ap(scores, rel), stable_sort_ap(scores, rel), rtol=0, atol=1e-12)
+
+
+def test_all_rank_kernel_falls_back_to_the_sort_for_non_finite_scores():
+    from dscmr.eval.metrics import _average_precision_all_by_keys, average_precision_from_scores
+
+    scores = torch.tensor([[0.5, float("inf"), -1.0, 0.2], [float("nan"), 0.1, 0.3, -0.2]])
+    rel = torch.tensor([[True, False, True, False], [False, True, True, False]])
+    got = _average_precision_all_by_keys(scores.clone(), rel)
+    torch.testing.assert_close(got, average_precision_from_scores(scores, rel))
+    assert got[0].item() == pytest.approx((1 / 2 + 2 / 4) / 2)  # inf first, then 0.5 (hit), 0.2, -1.0 (hit)
