@@ -22,7 +22,7 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 def bench_search_cmd(
     n: int = typer.Option(100_000, "--n", help="Database size."),
     dim: int = typer.Option(128, "--dim", help="Vector dimension."),
-    bits: int = typer.Option(64, "--bits", help="Code length of BFlat and hybrid."),
+    bits: str = typer.Option("64", "--bits", help="Code lengths of BFlat and hybrid (comma-separated)."),
     factory: list[str] = typer.Option([], "--factory", help="Float ANN factory (repeatable) [HNSW32, IVF1024,Flat]."),
     hash_method: str = typer.Option("itq", "--hash", help="Codes for BFlat / hybrid: sign or itq."),
     nq: int = typer.Option(200, "--nq", help="Queries (single-query latency and recall)."),
@@ -32,6 +32,7 @@ def bench_search_cmd(
     shortlist: str = typer.Option("100,200,500,1000", "--shortlist", help="Hybrid shortlist lengths k'."),
     run: Path | None = typer.Option(None, "--run", help="Draw vectors around this run's embeddings."),
     threads: int = typer.Option(1, "--threads", help="FAISS / torch threads (latency is per this many)."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved timing rounds over all configurations."),
     seed: int = typer.Option(0, "--seed", help="Data seed."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
@@ -42,8 +43,8 @@ def bench_search_cmd(
     from dscmr.errors import QueryError
     from indexing.bench import DEFAULT_FACTORIES, bench_search, run_embeddings
 
-    if n <= 0 or dim <= 0 or nq <= 0:
-        raise QueryError("--n, --dim and --nq must be positive")
+    if n <= 0 or dim <= 0 or nq <= 0 or rounds <= 0:
+        raise QueryError("--n, --dim, --nq and --rounds must be positive")
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
     from threadpoolctl import threadpool_limits
@@ -58,7 +59,7 @@ def bench_search_cmd(
         n,
         dim,
         factories=tuple(factory) or DEFAULT_FACTORIES,
-        bits=bits,
+        bits=_ints(bits, "--bits"),
         hash_method=hash_method,
         nq=nq,
         seed=seed,
@@ -67,6 +68,7 @@ def bench_search_cmd(
         nprobe=_ints(nprobe, "--nprobe"),
         shortlists=_ints(shortlist, "--shortlist"),
         vectors=vectors,
+        rounds=rounds,
         log=None if json_out else lambda msg: typer.echo(msg, err=True),
     )
     report["data"] = f"run {run}" if run else "clustered"

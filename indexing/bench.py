@@ -13,7 +13,8 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,17 +102,39 @@ def recall_at(I: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
     return float(np.mean(hits) / k)
 
 
-def _latency(search_one: Callable[[int], Any], nq: int) -> tuple[float, float]:
-    times = np.empty(nq)
-    for i in range(nq):
+@dataclass
+class _Entry:
+    """One index configuration under test; latency samples accumulate over the interleaved rounds."""
+
+    name: str
+    params: dict[str, Any]
+    search: Callable[[np.ndarray], np.ndarray]  # queries (nq, d) -> ids (nq, k)
+    build_seconds: float
+    bytes_per_item: float
+    setup: Callable[[], None] = lambda: None  # applies this entry's search parameters
+    single_ms: list[float] = field(default_factory=list)
+    batch_ms: list[float] = field(default_factory=list)
+    ids: np.ndarray | None = None
+
+    def run_round(self, xq: np.ndarray) -> None:
+        """Time every query alone, then the whole batch."""
+        self.setup()
+        self.search(xq[:1])  # warm-up
+        for i in range(xq.shape[0]):
+            t0 = time.perf_counter()
+            self.search(xq[i : i + 1])
+            self.single_ms.append((time.perf_counter() - t0) * 1e3)
         t0 = time.perf_counter()
-        search_one(i)
-        times[i] = time.perf_counter() - t0
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+        self.ids = self.search(xq)
+        self.batch_ms.append((time.perf_counter() - t0) * 1e3 / xq.shape[0])
 
 
 def _float_search(fi: FloatIndex, k: int) -> Callable[[np.ndarray], np.ndarray]:
     return lambda q: fi.search(q, k)[1]
+
+
+def _binary_search(bi: BinaryIndex, hasher: LinearHasher, k: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda q: bi.search(hasher.encode(q), k)[1]
 
 
 def _hybrid_search(
@@ -149,7 +172,7 @@ def bench_search(
     d: int,
     *,
     factories: tuple[str, ...] = DEFAULT_FACTORIES,
-    bits: int = 64,
+    bits: int | tuple[int, ...] = 64,
     hash_method: str = "itq",
     nq: int = 200,
     k: int = 10,
@@ -159,6 +182,7 @@ def bench_search(
     nprobe: tuple[int, ...] = NPROBE,
     shortlists: tuple[int, ...] = SHORTLISTS,
     vectors: np.ndarray | None = None,
+    rounds: int = 3,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build ``Flat``, each float factory, ``BFlat`` and ``hybrid`` over ``n`` vectors and measure them.
@@ -167,7 +191,7 @@ def bench_search(
         n: Database size.
         d: Dimension.
         factories: Float ANN factory strings (HNSW rows sweep ``ef_search``; IVF rows sweep ``nprobe``).
-        bits: Code length of the binary and hybrid kinds.
+        bits: Code length(s) of the binary and hybrid kinds; each gives a ``BFlat`` row and ``hybrid`` rows.
         hash_method: ``sign`` or ``itq`` for the codes.
         nq: Queries (latency over single queries; recall against exact cosine).
         k: Results per query (recall@k).
@@ -177,6 +201,8 @@ def bench_search(
         nprobe: IVF nprobe values to report.
         shortlists: Hybrid shortlist lengths k' to report.
         vectors: ``(n + nq, d)`` vectors to use instead of the synthetic mixture (the last nq are queries).
+        rounds: Timing rounds; each times every configuration on all ``nq`` queries, one after another, so p50 and
+            p99 pool ``rounds * nq`` single-query latencies and the batch time is the median round.
         log: Progress messages.
 
     Returns:
@@ -187,17 +213,7 @@ def bench_search(
         say(f"generating {n} + {nq} clustered {d}-d vectors")
         vectors = clustered_embeddings(n + nq, d, seed=seed)
     xb, xq = vectors[:n], np.ascontiguousarray(vectors[n : n + nq])
-    rows: list[_Row] = []
-
-    def measure(name: str, search: Callable[[np.ndarray], np.ndarray], build_s: float, nbytes: float, **p: Any):
-        search(xq[:1])  # warm-up
-        p50, p99 = _latency(lambda i: search(xq[i : i + 1]), nq)
-        t0 = time.perf_counter()
-        I = search(xq)
-        batch = (time.perf_counter() - t0) / nq * 1e3
-        row = _Row(name, recall_at(I, gt, k), p50, p99, batch, build_s, nbytes, dict(p))
-        say(f"{name} {p}: recall@{k} {row.recall_at_10:.4f}  p50 {p50:.3f} ms  p99 {p99:.3f} ms  batch {batch:.4f}")
-        rows.append(row)
+    entries: list[_Entry] = []
 
     # exact cosine: the ground truth and the Flat row
     t0 = time.perf_counter()
@@ -206,7 +222,7 @@ def bench_search(
     flat_s = time.perf_counter() - t0
     say("exact ground truth")
     _, gt = flat.search(xq, k)
-    measure("Flat", lambda q: flat.search(q, k)[1], flat_s, _file_bytes(flat.save) / n)
+    entries.append(_Entry("Flat", {}, _float_search(flat, k), flat_s, _file_bytes(flat.save) / n))
 
     for factory in factories:
         say(f"building {factory}")
@@ -226,38 +242,53 @@ def bench_search(
         elif is_ivf:
             sweep = [{"nprobe": p} for p in nprobe]
         for params in sweep:
-            fi.set_params(**params)
-            measure(factory, _float_search(fi, k), build_s, nbytes, **params)
-        del fi
+            setup = partial(fi.set_params, **params)
+            entries.append(_Entry(factory, params, _float_search(fi, k), build_s, nbytes, setup))
 
-    say(f"building BFlat ({hash_method}, {bits} bits)")
-    t0 = time.perf_counter()
-    hasher = fit_hasher(hash_method, xb[: min(n, 100_000)], bits, seed=seed)
-    bi = BinaryIndex(bits, "BFlat")
-    bi.add(hasher.encode(xb))
-    bin_s = time.perf_counter() - t0
-    code_bytes = _file_bytes(bi.save) / n
-    measure("BFlat", lambda q: bi.search(hasher.encode(q), k)[1], bin_s, code_bytes, method=hash_method, bits=bits)
-
-    t0 = time.perf_counter()
     vec = l2_normalize(xb)
-    hyb_s = bin_s + time.perf_counter() - t0
-    for kp in shortlists:
-        measure(
-            "hybrid",
-            _hybrid_search(bi, vec, hasher, k, kp),
-            hyb_s,
-            code_bytes + 4 * d,
-            method=hash_method,
-            bits=bits,
-            shortlist=kp,
+    bit_list = [bits] if isinstance(bits, int) else list(bits)
+    for b in bit_list:
+        say(f"building BFlat ({hash_method}, {b} bits)")
+        t0 = time.perf_counter()
+        hasher = fit_hasher(hash_method, xb[: min(n, 100_000)], b, seed=seed)
+        bi = BinaryIndex(b, "BFlat")
+        bi.add(hasher.encode(xb))
+        bin_s = time.perf_counter() - t0
+        code_bytes = _file_bytes(bi.save) / n
+        tag = {"method": hash_method, "bits": b}
+        entries.append(_Entry("BFlat", tag, _binary_search(bi, hasher, k), bin_s, code_bytes))
+        for kp in shortlists:
+            search = _hybrid_search(bi, vec, hasher, k, kp)
+            entries.append(_Entry("hybrid", {**tag, "shortlist": kp}, search, bin_s, code_bytes + 4 * d))
+
+    # Rounds interleave the configurations, so a slow spell of the machine hits them all alike.
+    for r in range(max(1, rounds)):
+        say(f"timing round {r + 1}/{max(1, rounds)}: {len(entries)} configurations x {nq} queries")
+        for e in entries:
+            e.run_round(xq)
+    rows: list[_Row] = []
+    for e in entries:
+        assert e.ids is not None
+        single = np.asarray(e.single_ms)
+        row = _Row(
+            e.name,
+            recall_at(e.ids, gt, k),
+            float(np.percentile(single, 50)),
+            float(np.percentile(single, 99)),
+            float(np.median(e.batch_ms)),
+            e.build_seconds,
+            e.bytes_per_item,
+            e.params,
         )
+        say(f"{e.name} {e.params}: recall@{k} {row.recall_at_10:.4f}  p50 {row.p50_ms:.3f} ms  p99 {row.p99_ms:.3f} ms")
+        rows.append(row)
     return {
         "n": n,
         "dim": d,
         "nq": nq,
         "k": k,
-        "bits": bits,
+        "bits": bit_list,
+        "rounds": max(1, rounds),
         "threads": faiss.omp_get_max_threads(),
         "results": [r.to_dict() for r in rows],
     }

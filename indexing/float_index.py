@@ -14,7 +14,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dscmr.errors import IndexBundleError, QueryError
+from dscmr.errors import ConfigError, IndexBundleError, QueryError
 from indexing._checks import as_float_matrix, check_k, l2_normalize, sort_by_distance_then_id
 
 DEFAULT_FACTORY = "Flat"
@@ -42,7 +42,7 @@ class FloatIndex:
         factory: ``faiss.index_factory`` string.
 
     Raises:
-        QueryError: The factory string is not understood by FAISS.
+        ConfigError: The factory string is not understood by FAISS.
     """
 
     def __init__(self, d: int, factory: str = DEFAULT_FACTORY, *, index: faiss.Index | None = None) -> None:
@@ -53,7 +53,7 @@ class FloatIndex:
                 index = faiss.index_factory(self.d, factory, faiss.METRIC_INNER_PRODUCT)
             except RuntimeError as exc:
                 msg = str(exc).strip().splitlines()[-1]
-                raise QueryError(f"bad float index factory {factory!r} for d={d}: {msg}") from None
+                raise ConfigError(f"bad float index factory {factory!r} for d={d}: {msg}") from None
         self.index = index
         self.params: dict[str, float] = {}
 

@@ -2,9 +2,9 @@
 
 Relevance: a database item is relevant to a query when they share at least one label (multi-hot labels).
 
-Everything is vectorised and processed in chunks of queries, so memory stays at ``O(chunk_size * n_db)`` however
-many queries there are (100k x 100k fits in a few hundred MB with the default chunk). Ranking is by descending
-score with ties broken by database index (a stable sort), so results are deterministic.
+Everything is vectorised and processed in chunks of queries, so memory stays bounded however many queries there
+are (mAP@all caps a chunk at ``_MAX_CHUNK_ELEMENTS`` pairs per worker thread). Ranking is by descending score with
+ties broken by database index (a stable sort), so results are deterministic.
 
 Definitions (per query, ranking the database by score):
 
@@ -26,6 +26,12 @@ import numpy as np
 import torch
 
 METRICS = ("cosine", "inner_product", "hamming")
+# mAP@all holds about 20 bytes per (query, item) pair of a chunk at its peak (scores, relevance, int32 keys and
+# their temporaries); 2**22 pairs keep each worker near 100 MB whatever the database size.
+_MAX_CHUNK_ELEMENTS = 1 << 22
+# Above this many database items, float32 scores tie so often that the int64 keys (which carry the index) are used
+# directly instead of int32 keys plus a second sort of the rows with mixed ties (see _average_precision_all_by_keys).
+_INT32_KEYS_MAX_DB = 16384
 
 
 def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -186,16 +192,52 @@ def _sortable_keys(scores: np.ndarray) -> np.ndarray | None:
     return keys
 
 
+def _rank_keys(scores: np.ndarray, relevant: np.ndarray, *, with_index: bool) -> np.ndarray | None:
+    """Sort keys whose lowest bit is the relevance flag; None when the scores cannot be keyed exactly.
+
+    Without the index: int32 ``score_key << 1 | rel``; equal scores sort relevant-last. With it: int64
+    ``score_key << 33 | (2**32 - 1 - column) << 1 | rel``, unique per item, so that reading an ascending sort from
+    the end gives exactly the stable order (score descending, then database index ascending).
+    """
+    keys = _sortable_keys(scores)
+    if keys is None:
+        return None
+    if not with_index:
+        keys |= relevant
+        return keys
+    wide = keys.astype(np.int64)  # score_key << 1
+    wide <<= 32
+    wide |= ((np.int64(2**32 - 1) - np.arange(scores.shape[1], dtype=np.int64)) << 1)[None, :]
+    wide |= relevant
+    return wide
+
+
+def _average_precision_sorted_keys(keys: np.ndarray) -> np.ndarray:
+    """AP@all of each row of ascending-sorted keys from :func:`_rank_keys` (best item last), ``(q,)`` float64.
+
+    Walking a row from the top, the p-th relevant item at position ``pos_p`` gives ``AP = (1/R) sum_p p / pos_p``.
+    """
+    q, n = keys.shape
+    flat = np.flatnonzero((keys & 1).astype(bool))  # relevant items, row-major, ascending in a row (bool: SIMD)
+    rows = flat // n
+    n_rel = np.bincount(rows, minlength=q)
+    pos = (n - (flat - rows * n)).astype(np.float64)  # 1-based rank from the top
+    first = np.cumsum(n_rel) - n_rel  # index in `flat` of each row's first (lowest-ranked) relevant item
+    p = (n_rel[rows] - (np.arange(flat.size) - first[rows])).astype(np.float64)  # 1-based rank among relevant
+    return np.bincount(rows, weights=p / pos, minlength=q) / np.maximum(n_rel, 1)
+
+
 def _average_precision_all_by_keys(scores: torch.Tensor, relevant: torch.Tensor) -> torch.Tensor:
     """AP@all from one value sort per row, exact and equal to the stable-sort definition.
 
-    Each score becomes an int32 key (see ``_sortable_keys``) whose lowest bit is the item's relevance, so a single
-    SIMD value sort orders the row by score and carries the relevance along: no argsort, no gather. Walking the
-    sorted row from the top, the p-th relevant item at position ``pos_p`` gives ``AP = (1/R) sum_p p / pos_p``.
+    Each score becomes an integer key (see ``_sortable_keys``) whose lowest bit is the item's relevance, so one
+    SIMD value sort orders the row by score and carries the relevance along: no argsort, no gather.
 
-    Equal scores sort relevant-last in ascending order; when such a group mixes relevant and irrelevant items, the
-    order inside it matters, so those rows (and chunks whose scores cannot be keyed exactly) are recomputed with
-    the stable sort, where ties are broken by database index.
+    Ties: a group of equal scores that mixes relevant and irrelevant items must be ordered by database index. The
+    int32 keys order such a group relevant-last, so rows holding one are sorted again with int64 keys that carry the
+    index. Up to ``_INT32_KEYS_MAX_DB`` items such rows are rare (about 1 % at 5000 float32 cosines); beyond it
+    nearly every row has one, and the int64 keys are used from the start. Scores that cannot be keyed exactly
+    (NaN, inf) fall back to the stable sort.
 
     Args:
         scores: ``(q, n)`` float scores.
@@ -205,26 +247,25 @@ def _average_precision_all_by_keys(scores: torch.Tensor, relevant: torch.Tensor)
         ``(q,)`` float64 average precisions.
     """
     s = np.ascontiguousarray(scores.numpy(), dtype=np.float32)
+    rel = relevant.numpy()
     q, n = s.shape
-    keys = _sortable_keys(s) if q and n else None
+    if q == 0 or n == 0:
+        return torch.zeros(q, dtype=torch.float64)
+    with_index = n > _INT32_KEYS_MAX_DB
+    keys = _rank_keys(s, rel, with_index=with_index)
     if keys is None:
-        return average_precision_from_scores(scores, relevant) if q and n else torch.zeros(q, dtype=torch.float64)
-    keys |= relevant.numpy()
-    keys.sort(axis=1)  # ascending by (score, relevance)
-    # Adjacent keys differing only in the relevance bit: one score shared by relevant and irrelevant items.
-    mixed_ties = np.flatnonzero(((keys[:, 1:] ^ keys[:, :-1]) == 1).any(axis=1))
-    flat = np.flatnonzero((keys & 1).astype(bool))  # relevant items, row-major, ascending in a row (bool: SIMD)
-    rows = flat // n
-    n_rel = np.bincount(rows, minlength=q)
-    pos = (n - (flat - rows * n)).astype(np.float64)  # 1-based rank from the top
-    first = np.cumsum(n_rel) - n_rel  # index in `flat` of each row's first (lowest-ranked) relevant item
-    p = (n_rel[rows] - (np.arange(flat.size) - first[rows])).astype(np.float64)  # 1-based rank among relevant
-    ap = np.bincount(rows, weights=p / pos, minlength=q) / np.maximum(n_rel, 1)
-    out = torch.from_numpy(ap)
-    if mixed_ties.size:
-        t = torch.from_numpy(mixed_ties)
-        out[t] = average_precision_from_scores(scores[t], relevant[t])
-    return out
+        return average_precision_from_scores(scores, relevant)
+    keys.sort(axis=1)
+    ap = _average_precision_sorted_keys(keys)
+    if not with_index:
+        # Adjacent keys differing only in the relevance bit: one score shared by relevant and irrelevant items.
+        mixed = np.flatnonzero(((keys[:, 1:] ^ keys[:, :-1]) == 1).any(axis=1))
+        if mixed.size:
+            wide = _rank_keys(s[mixed], rel[mixed], with_index=True)
+            assert wide is not None  # the same scores keyed once already
+            wide.sort(axis=1)
+            ap[mixed] = _average_precision_sorted_keys(wide)
+    return torch.from_numpy(ap)
 
 
 def _average_precision_ranked(rel: torch.Tensor) -> torch.Tensor:
@@ -259,7 +300,8 @@ def average_precisions(
         # are alive at once, so memory stays at O(workers * chunk_size * n_db).
         workers = max(1, torch.get_num_threads())
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            for fut in [pool.submit(run, sl) for sl in _chunks(problem.xq.shape[0], chunk_size)]:
+            rows_per_chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(1, problem.xb.shape[0])))
+            for fut in [pool.submit(run, sl) for sl in _chunks(problem.xq.shape[0], rows_per_chunk)]:
                 fut.result()
         return out
     for sl, rel in _ranked_relevance(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size, k=k):

@@ -156,6 +156,7 @@ def inner_product_ap(scores, rel):
     return average_precisions(scores.astype(np.float32), labels_b, labels_q, labels_b, metric="inner_product")
 
 
+@pytest.mark.parametrize("keys", ["int32", "int64"])  # int64 (index-carrying) keys are used for large databases
 @pytest.mark.parametrize(
     "case",
     [
@@ -165,7 +166,9 @@ def inner_product_ap(scores, rel):
         "tiny",  # subnormal scores next to zero
     ],
 )
-def test_all_rank_kernel_equals_stable_sort_definition(case):
+def test_all_rank_kernel_equals_stable_sort_definition(case, keys, monkeypatch):
+    if keys == "int64":
+        monkeypatch.setattr("dscmr.eval.metrics._INT32_KEYS_MAX_DB", 0)
     rng = np.random.default_rng(42)
     scores = rng.normal(size=(25, 40)).astype(np.float32)
     if case == "coarse_ties":

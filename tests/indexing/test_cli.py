@@ -123,14 +123,16 @@ def test_build_errors_exit_2(trained_run: Path, tmp_path: Path) -> None:
 
 def test_bench_search_json() -> None:
     res = _run(
-        "bench", "search", "--n", "3000", "--dim", "16", "--bits", "16", "--nq", "20", "--factory", "HNSW16",
-        "--factory", "IVF16,Flat", "--ef-search", "32", "--nprobe", "8", "--shortlist", "100", "--json",
+        "bench", "search", "--n", "3000", "--dim", "16", "--bits", "16,32", "--nq", "20", "--factory", "HNSW16",
+        "--factory", "IVF16,Flat", "--ef-search", "32", "--nprobe", "8", "--shortlist", "100", "--rounds", "2",
+        "--json",
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert out["n"] == 3000 and out["dim"] == 16
+    assert out["n"] == 3000 and out["dim"] == 16 and out["rounds"] == 2 and out["bits"] == [16, 32]
     kinds = [r["index"] for r in out["results"]]
-    assert kinds == ["Flat", "HNSW16", "IVF16,Flat", "BFlat", "hybrid"]
+    assert kinds == ["Flat", "HNSW16", "IVF16,Flat", "BFlat", "hybrid", "BFlat", "hybrid"]
+    assert [r["params"].get("bits") for r in out["results"][3:]] == [16, 16, 32, 32]
     keys = {"index", "recall_at_10", "p50_ms", "p99_ms", "batch_ms_per_query", "build_seconds", "bytes_per_item"}
     for r in out["results"]:
         assert keys <= set(r)
@@ -138,3 +140,4 @@ def test_bench_search_json() -> None:
     assert flat["recall_at_10"] == 1.0 and flat["bytes_per_item"] >= 64
     bflat = out["results"][3]
     assert 2 <= bflat["bytes_per_item"] < 3  # 16 bits = 2 bytes per item plus the header
+    assert 4 <= out["results"][5]["bytes_per_item"] < 5

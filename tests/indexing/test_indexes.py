@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from dscmr.errors import QueryError
+from dscmr.errors import ConfigError, QueryError
 from indexing import BinaryIndex, FloatIndex, fit_itq, fit_sign, hybrid_search, pack_codes, unpack_codes
 from indexing.bench import recall_at
 from indexing.hashing import hamming_distances, itq_rotation, quantization_error
@@ -64,8 +64,10 @@ def test_boundary_checks() -> None:
         fi.add(np.full((1, 4), np.nan, np.float32))
     with pytest.raises(QueryError, match="k must be"):
         fi.search(np.ones((1, 4), np.float32), 0)
-    with pytest.raises(QueryError, match="factory"):
+    with pytest.raises(ConfigError, match="factory"):
         FloatIndex(4, "NotAnIndex99")
+    with pytest.raises(ConfigError, match="binary index factory"):
+        BinaryIndex(16, "BNotAnIndex")
     with pytest.raises(QueryError, match="no efSearch"):
         fi.set_params(efSearch=10)
     with pytest.raises(QueryError, match="multiple of 8"):
@@ -116,10 +118,12 @@ def test_bflat_ties_are_broken_by_id(threads: int) -> None:
         for k in (1, 10, 300):
             for batch in (cq, *(cq[i : i + 1] for i in range(3))):
                 D, I = bi.search(batch, k)
+                short = bi.shortlist(batch, k)  # the same set, unordered (for re-ranking)
                 rows = [int(np.flatnonzero((cq == r).all(1))[0]) for r in batch]
                 for j, q in enumerate(rows):
                     want = np.lexsort((np.arange(len(cb)), dist[q]))[:k]
                     np.testing.assert_array_equal(I[j], want)
+                    np.testing.assert_array_equal(np.sort(short[j]), np.sort(want))
     finally:
         faiss.omp_set_num_threads(old)
 
@@ -175,3 +179,25 @@ def test_hybrid_recall_and_exact_scores(clustered: np.ndarray) -> None:
     assert recall_at(I_all, gt) == 1.0
     with pytest.raises(QueryError, match="shortlist"):
         hybrid_search(bi, vec, h.encode(xq), xq, 10, shortlist=5)
+
+
+def test_rerank_pads_orders_ties_by_id_and_rejects_foreign_ids(tmp_path) -> None:
+    from indexing.hybrid import rerank
+
+    rng = np.random.default_rng(4)
+    vec = rng.normal(size=(50, 8)).astype(np.float32)
+    vec[10] = vec[3]  # an exact tie: id 3 must come before id 10
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    np.save(tmp_path / "v.npy", vec)
+    mm = np.load(tmp_path / "v.npy", mmap_mode="r")  # bundles keep the vectors read-only on disk
+    xq = np.stack([vec[3] * 2.0, rng.normal(size=8).astype(np.float32)])
+    cand = np.array([[10, 7, -1, 3, 20], [-1, -1, 4, -1, -1]])
+    D, I = rerank(xq, cand, mm, 3)
+    S = brute_cosine(vec, xq)
+    assert I[0, :2].tolist() == [3, 10]
+    assert I[0, 2] in (7, 20) and D[0, 2] == pytest.approx(max(S[0, 7], S[0, 20]), abs=1e-6)
+    np.testing.assert_allclose(D[0, :2], S[0, [3, 10]], atol=1e-6)
+    assert I[1].tolist() == [4, -1, -1] and D[1, 0] == pytest.approx(S[1, 4], abs=1e-6)
+    assert np.isneginf(D[1, 1:]).all()
+    with pytest.raises(QueryError, match="outside the 50 vectors"):
+        rerank(xq, np.array([[1, 50], [2, 3]]), mm, 1)
