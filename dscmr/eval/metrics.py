@@ -24,10 +24,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 METRICS = ("cosine", "inner_product", "hamming")
-# mAP@all holds about 20 bytes per (query, item) pair of a chunk at its peak (scores, relevance, int32 keys and
-# their temporaries); 2**22 pairs keep each worker near 100 MB whatever the database size.
+# mAP@all holds 20-40 bytes per (query, item) pair of a chunk at its peak (scores, relevance, keys and their
+# temporaries); 2**22 pairs keep each worker under 200 MB whatever the database size (measured: 1024 x 100k on two
+# workers peaked at 373 MB over the inputs).
 _MAX_CHUNK_ELEMENTS = 1 << 22
 # Above this many database items, float32 scores tie so often that the int64 keys (which carry the index) are used
 # directly instead of int32 keys plus a second sort of the rows with mixed ties (see _average_precision_all_by_keys).
@@ -39,16 +41,18 @@ def _as_tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.float() if not t.is_floating_point() else t.to(torch.float32)
 
 
-def _scores(xq: torch.Tensor, xb: torch.Tensor, metric: str) -> torch.Tensor:
-    """Similarity (higher is better) between query rows and database rows, ``(nq, nb)``."""
+def _prepare(x: torch.Tensor, metric: str) -> np.ndarray:
+    """Rows ready for an inner product: normalised (cosine), signs (hamming) or as they are; float32 C-contiguous.
+
+    For +-1 codes, ``<a, b> = B - 2 * hamming(a, b)``: ranking by inner product is ranking by Hamming distance.
+    """
     if metric == "cosine":
-        return torch.nn.functional.normalize(xq, dim=1) @ torch.nn.functional.normalize(xb, dim=1).t()
-    if metric == "inner_product":
-        return xq @ xb.t()
-    if metric == "hamming":
-        # For +-1 codes, <a, b> = B - 2 * hamming(a, b): ranking by inner product is ranking by Hamming distance.
-        return torch.sign(xq) @ torch.sign(xb).t()
-    raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+        x = torch.nn.functional.normalize(x, dim=1)
+    elif metric == "hamming":
+        x = torch.sign(x)
+    elif metric != "inner_product":
+        raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
+    return np.ascontiguousarray(x.numpy(), dtype=np.float32)
 
 
 def average_precision_from_scores(scores: torch.Tensor, relevant: torch.Tensor, *, k: int = 0) -> torch.Tensor:
@@ -75,13 +79,16 @@ def _chunks(nq: int, chunk_size: int) -> Iterator[slice]:
 
 @dataclass(frozen=True)
 class _Problem:
-    """Checked query and database tensors, with what is needed to score any chunk of queries."""
+    """Checked queries and database, prepared once, with what is needed to score any chunk of queries.
 
-    xq: torch.Tensor
-    xb: torch.Tensor
-    labels_q: torch.Tensor
-    labels_b: torch.Tensor
-    metric: str
+    Scores are float32 products through numpy's BLAS (OpenBLAS): on this project's AMD machine it ran the
+    5000 x 5000 score product 1.4x (d = 1024) to 2.3x (d = 128) faster than torch's MKL.
+    """
+
+    xq: np.ndarray  # (nq, d) prepared for `metric` (see _prepare)
+    xb: np.ndarray  # (nb, d)
+    labels_q: np.ndarray  # (nq, C) float32
+    labels_b: np.ndarray  # (nb, C)
     # Class ids when every query and database item has exactly one label: relevance is then an id comparison,
     # much cheaper than the label product.
     class_q: np.ndarray | None
@@ -104,26 +111,26 @@ class _Problem:
             )
         if lq.shape[0] != xq_t.shape[0] or lb.shape[0] != xb_t.shape[0]:
             raise ValueError("labels must have one row per query / database item")
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; use one of {METRICS}")
-        if metric == "cosine":  # normalise once, not once per chunk
-            xq_t = torch.nn.functional.normalize(xq_t, dim=1)
-            xb_t = torch.nn.functional.normalize(xb_t, dim=1)
-            metric = "inner_product"
         class_q, class_b = _single_label_ids(lq), _single_label_ids(lb)
         if class_q is None or class_b is None:
             class_q = class_b = None
-        return cls(xq_t, xb_t, lq, lb, metric, class_q, class_b)
+        return cls(
+            _prepare(xq_t, metric),
+            _prepare(xb_t, metric),
+            np.ascontiguousarray(lq.numpy(), dtype=np.float32),
+            np.ascontiguousarray(lb.numpy(), dtype=np.float32),
+            class_q,
+            class_b,
+        )
 
     def chunk(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores (c, nb), relevant (c, nb) bool)`` for the queries in ``rows``."""
-        with torch.no_grad():
-            scores = _scores(self.xq[rows], self.xb, self.metric)
-            if self.class_q is not None and self.class_b is not None:
-                relevant = torch.from_numpy(self.class_q[rows, None] == self.class_b[None, :])
-            else:
-                relevant = (self.labels_q[rows] @ self.labels_b.t()) > 0
-        return scores, relevant
+        scores = self.xq[rows] @ self.xb.T
+        if self.class_q is not None and self.class_b is not None:
+            relevant = self.class_q[rows, None] == self.class_b[None, :]
+        else:
+            relevant = (self.labels_q[rows] @ self.labels_b.T) > 0
+        return torch.from_numpy(scores), torch.from_numpy(relevant)
 
 
 def _single_label_ids(labels: torch.Tensor) -> np.ndarray | None:
@@ -296,10 +303,11 @@ def average_precisions(
         def run(rows: slice) -> None:
             out[rows] = _average_precision_all_by_keys(*problem.chunk(rows)).numpy()
 
-        # numpy's sorts release the GIL: each worker scores and ranks its own chunks; at most `workers` chunks
-        # are alive at once, so memory stays at O(workers * chunk_size * n_db).
+        # numpy's sorts release the GIL: each worker scores and ranks its own chunks, so at most `workers` chunks
+        # of at most _MAX_CHUNK_ELEMENTS pairs are alive at once.
         workers = max(1, torch.get_num_threads())
-        with ThreadPoolExecutor(max_workers=workers) as pool:
+        # One BLAS thread per worker: the workers already fill the cores, and idle OpenBLAS threads spin.
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
             rows_per_chunk = max(1, min(chunk_size, _MAX_CHUNK_ELEMENTS // max(1, problem.xb.shape[0])))
             for fut in [pool.submit(run, sl) for sl in _chunks(problem.xq.shape[0], rows_per_chunk)]:
                 fut.result()
