@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 METRICS = ("cosine", "inner_product", "hamming")
 # mAP@all holds 20-40 bytes per (query, item) pair of a chunk at its peak (scores, relevance, keys and their
 # temporaries); 2**22 pairs keep each worker under 200 MB whatever the database size (measured: 1024 x 100k on two
-# workers peaked at 373 MB over the inputs).
+# workers peaked at 150 MB over the inputs).
 _MAX_CHUNK_ELEMENTS = 1 << 22
 # Above this many database items, float32 scores tie so often that the int64 keys (which carry the index) are used
 # directly instead of int32 keys plus a second sort of the rows with mixed ties (see _average_precision_all_by_keys).
