@@ -148,21 +148,6 @@ def _single_label_ids(labels: torch.Tensor) -> np.ndarray | None:
     return labels.argmax(dim=1).numpy() if one_hot else None
 
 
-def _chunk_scores(
-    xq: np.ndarray | torch.Tensor,
-    xb: np.ndarray | torch.Tensor,
-    labels_q: np.ndarray | torch.Tensor,
-    labels_b: np.ndarray | torch.Tensor,
-    *,
-    metric: str,
-    chunk_size: int,
-) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """For each chunk of queries: ``(rows, scores (c, nb), relevant (c, nb) bool)``, inputs checked once."""
-    problem = _Problem.build(xq, xb, labels_q, labels_b, metric)
-    for sl in _chunks(problem.xq.shape[0], chunk_size):
-        yield (sl, *problem.chunk(sl))
-
-
 def _ranked_relevance(
     xq: np.ndarray | torch.Tensor,
     xb: np.ndarray | torch.Tensor,
@@ -174,7 +159,9 @@ def _ranked_relevance(
     k: int = 0,
 ) -> Iterator[tuple[slice, torch.Tensor]]:
     """For each chunk of queries: ``(rows, rel)`` with ``rel`` ``(c, k)`` booleans in rank order (k = 0: all)."""
-    for sl, scores, relevant in _chunk_scores(xq, xb, labels_q, labels_b, metric=metric, chunk_size=chunk_size):
+    problem = _Problem.build(xq, xb, labels_q, labels_b, metric)
+    for sl in _chunks(problem.xq.shape[0], chunk_size):
+        scores, relevant = problem.chunk(sl)
         nb = scores.shape[1]
         kk = nb if k <= 0 or k > nb else k
         order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :kk]  # (c, k)
