@@ -119,11 +119,17 @@ class DSCMR(nn.Module):
         self.center: torch.Tensor
         self.register_buffer("center", torch.zeros(common_dim))
 
+    def _image_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.img_net(self.img_norm(x))  # (B, H), the image subnet's output
+
+    def _text_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.txt_net(self.txt_norm(x))  # (B, H)
+
     def _image_common(self, x: torch.Tensor) -> torch.Tensor:
-        return self.common(self.img_net(self.img_norm(x)))  # (B, D), uncentred
+        return self.common(self._image_hidden(x))  # (B, D), uncentred
 
     def _text_common(self, x: torch.Tensor) -> torch.Tensor:
-        return self.common(self.txt_net(self.txt_norm(x)))  # (B, D), uncentred
+        return self.common(self._text_hidden(x))  # (B, D), uncentred
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
         """Image features ``(B, img_dim)`` -> common-space retrieval embeddings ``(B, D)`` (minus the centre)."""
@@ -160,7 +166,7 @@ class DSCMR(nn.Module):
         """Training forward: uncentred common-space embeddings, label logits and relaxed hash codes."""
         # The shared layers see both modalities as one (2B, .) batch: one GEMM each instead of two half-size ones.
         b = img.shape[0]
-        common = self.common(torch.cat([self.img_net(self.img_norm(img)), self.txt_net(self.txt_norm(txt))]))
+        common = self.common(torch.cat([self._image_hidden(img), self._text_hidden(txt)]))
         logits = self.classifier(common)  # (2B, C)
         u, v = common[:b], common[b:]  # (B, D) each
         hu = self._hash_uncentred(u) if self.hash is not None else None

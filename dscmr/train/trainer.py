@@ -93,7 +93,7 @@ def encode_split(model: DSCMR, split: Split, *, batch_size: int = 4096) -> tuple
     return u, v
 
 
-def evaluate_split(model: DSCMR, split: Split, *, k: int = 0, chunk_size: int = 1024) -> dict[str, float]:
+def evaluate_split(model: DSCMR, split: Split, *, k: int = 0, chunk_size: int = 256) -> dict[str, float]:
     """mAP in both directions (cosine) on one split."""
     if len(split) == 0:
         raise DataError("cannot evaluate an empty split")
