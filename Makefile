@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check dscmr indexing cli tests
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy dscmr indexing
+	$(VENV)/bin/mypy dscmr
 
 test: lint typecheck
 	$(PY) -m pytest -q

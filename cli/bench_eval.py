@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 
 @cli_errors
@@ -21,8 +21,8 @@ def bench_eval_cmd(
     """Time mAP@all at N x N: vectorised and chunked vs. a per-query Python loop."""
     import torch
 
+    from dscmr.benchmarks.map_speed import benchmark_map
     from dscmr.errors import DscmrError
-    from dscmr.eval.bench import benchmark_map
 
     if n < 2 or dim < 1 or loop_queries < 1 or repeats < 1:
         raise DscmrError("--n must be >= 2; --dim, --loop-queries and --repeats >= 1")

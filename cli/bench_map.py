@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 _SEEDS_HELP = "Number of seeds: train.seed, train.seed + 1, ..."
 _VARY_HELP = "Also vary the validation split with the seed (data.val_seed = seed)."

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
@@ -40,8 +40,8 @@ def bench_search_cmd(
     import faiss
     import torch
 
+    from dscmr.benchmarks.search import DEFAULT_FACTORIES, bench_search, run_embeddings
     from dscmr.errors import QueryError
-    from indexing.bench import DEFAULT_FACTORIES, bench_search, run_embeddings
 
     if n <= 0 or dim <= 0 or nq <= 0 or rounds <= 0:
         raise QueryError("--n, --dim, --nq and --rounds must be positive")
@@ -101,9 +101,9 @@ def bench_hashing_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Binary 16/32/64/128-bit mAP next to float mAP, for sign, itq and learned codes."""
+    from dscmr.benchmarks.hashing import METHODS, bench_hashing
     from dscmr.config import load_config
     from dscmr.errors import QueryError
-    from indexing.bench_hashing import METHODS, bench_hashing
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     bad = [m for m in names if m not in METHODS]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 
 @cli_errors
@@ -46,7 +46,7 @@ def bench_encoders_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Encoder throughput vs SentenceTransformer.encode and torchvision's mobilenet_v2."""
-    from dscmr.encoders.bench import bench_encoders
+    from dscmr.benchmarks.encoders import bench_encoders
 
     res = bench_encoders(threads=threads, n_texts=n_texts, n_images=n_images, image_size=image_size, rounds=rounds)
     if json_out:

@@ -9,7 +9,7 @@ from typing import Any
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 _DATA_HELP = "A TOML config, or a data path read with the run's data config [default: the run's own data]."
 
@@ -93,8 +93,8 @@ def build_cmd(
 ) -> None:
     """Encode one modality of a dataset split with a run and write an index bundle."""
     from dscmr.errors import QueryError
-    from indexing.build import BuildSpec
-    from indexing.from_run import as_run, build_from_run, check_modality
+    from dscmr.indexing.build import BuildSpec
+    from dscmr.indexing.from_run import as_run, build_from_run, check_modality
 
     check_modality(modality)
     if no_float and binary is None:
@@ -130,7 +130,7 @@ def add_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Append a dataset split to a bundle without retraining its indexes (atomic, like build)."""
-    from indexing.from_run import add_from_run
+    from dscmr.indexing.from_run import add_from_run
 
     with build_progress(not json_out) as progress:
         b = add_from_run(bundle, run, data=data, split=split, progress=progress)

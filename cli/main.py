@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import bench_eval, bench_map, bench_search, demo, index, search, train, vision
+from dscmr.cli import bench_eval, bench_map, bench_search, demo, index, search, train, vision
 
 app = typer.Typer(
     name="dscmr",

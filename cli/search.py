@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 _ID_HELP = "Use the features of this dataset item as the query (feature-mode runs)."
 _METRIC_HELP = "cosine (float index), hamming (binary index) or hybrid [default: the bundle's first]."
@@ -28,8 +28,8 @@ def _search(
     json_out: bool,
 ) -> None:
     from dscmr.errors import QueryError
-    from indexing._checks import check_k
-    from indexing.retriever import Retriever
+    from dscmr.indexing.arrays import check_k
+    from dscmr.indexing.retriever import Retriever
 
     check_k(k)
     if query_id is None and (query is None or not query.strip()):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 
 
 def _default_out(config: Path, seed: int) -> Path:

@@ -1,7 +1,7 @@
 """``dscmr vision ...``: hyperspectral classification, denoising, image classification, dead kernels.
 
 Every command parses options into a frozen config (optionally from ``--config FILE.toml`` and ``--set
-section.key=value``), calls one library function from :mod:`dscmr.tasks` and prints a summary, or with
+section.key=value``), calls one library function from :mod:`dscmr.vision_tasks` and prints a summary, or with
 ``--json`` exactly one JSON object on stdout (progress bars go to stderr).
 """
 
@@ -18,11 +18,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cli._common import cli_errors, print_json
+from dscmr.cli._common import cli_errors, print_json
 from dscmr.config import apply_overrides, load_toml
 
 if TYPE_CHECKING:
-    from dscmr.tasks._runs import ProgressFn
+    from dscmr.vision_tasks.runs import ProgressFn
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ def hsi_train(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train and evaluate HybridSN on a hyperspectral cube; print OA, AA and kappa (%)."""
-    from dscmr.tasks.hsi import HsiConfig, run_hsi
+    from dscmr.vision_tasks.hsi import HsiConfig, run_hsi
 
     cfg = _resolve(
         HsiConfig,
@@ -191,7 +191,7 @@ def denoise_train(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train DnCNN on random patches with AWGN (residual learning)."""
-    from dscmr.tasks.denoise import DenoiseConfig, train_denoiser
+    from dscmr.vision_tasks.denoise import DenoiseConfig, train_denoiser
 
     cfg = _resolve(
         DenoiseConfig,
@@ -234,8 +234,8 @@ def denoise_eval(
     json_out: bool = JsonOpt,
 ) -> None:
     """PSNR/SSIM of a denoiser on a folder of images with seeded AWGN."""
-    from dscmr.tasks._runs import set_threads
-    from dscmr.tasks.denoise import evaluate_denoiser, load_denoiser
+    from dscmr.vision_tasks.denoise import evaluate_denoiser, load_denoiser
+    from dscmr.vision_tasks.runs import set_threads
 
     set_threads(threads or 0)
     model = load_denoiser(weights)
@@ -261,7 +261,7 @@ def denoise_apply(
     json_out: bool = JsonOpt,
 ) -> None:
     """Denoise one image and write it as PNG."""
-    from dscmr.tasks.denoise import apply_denoiser, load_denoiser
+    from dscmr.vision_tasks.denoise import apply_denoiser, load_denoiser
 
     path = apply_denoiser(load_denoiser(weights), image, out, add_noise=add_noise, seed=seed)
     if json_out:
@@ -292,7 +292,7 @@ def classify_train(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train or fine-tune a MobileNet classifier; saves safetensors + config in the run folder."""
-    from dscmr.tasks.classify import ClassifyConfig, train_classifier
+    from dscmr.vision_tasks.classify import ClassifyConfig, train_classifier
 
     cfg = _resolve(
         ClassifyConfig,
@@ -333,7 +333,7 @@ def dead_kernels_cmd(
     json_out: bool = JsonOpt,
 ) -> None:
     """Fraction of depthwise kernels whose L2 norm is (nearly) zero."""
-    from dscmr.tasks.dead_kernels import dead_kernel_report, load_weights_for_report
+    from dscmr.vision_tasks.dead_kernels import dead_kernel_report, load_weights_for_report
 
     report = dead_kernel_report(load_weights_for_report(source), rel_threshold=rel, abs_threshold=abs_threshold)
     if json_out:
@@ -356,7 +356,7 @@ def bench_dead_kernels(
     json_out: bool = JsonOpt,
 ) -> None:
     """Train MobileNetV1 and V2 briefly on upscaled sklearn digits; print both dead-kernel fractions."""
-    from dscmr.tasks.dead_kernels import dead_kernel_benchmark
+    from dscmr.vision_tasks.dead_kernels import dead_kernel_benchmark
 
     with progress_bar() as progress:
         result = dead_kernel_benchmark(

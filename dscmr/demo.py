@@ -116,10 +116,10 @@ def run_demo(
 
     from dscmr.data.builtin import builtin_folder
     from dscmr.data.folder import load_folder
-    from dscmr.encoders._progress import progress_enabled
     from dscmr.eval.metrics import cross_modal_map
+    from dscmr.indexing import BuildSpec, Retriever, build_from_run
     from dscmr.train import encode_split, load_run, train
-    from indexing import BuildSpec, Retriever, build_from_run
+    from dscmr.utils.progress import progress_enabled
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -18,8 +18,8 @@ import faiss
 import numpy as np
 
 from dscmr.errors import ConfigError, QueryError
-from indexing._checks import as_codes, check_bits, check_k, sort_by_distance_then_id
-from indexing.float_index import _read
+from dscmr.indexing.arrays import as_codes, check_bits, check_k, sort_by_distance_then_id
+from dscmr.indexing.float_index import _read
 
 DEFAULT_BINARY_FACTORY = "BFlat"
 

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from dscmr.errors import IndexBundleError, QueryError
-from indexing._checks import as_float_matrix, check_bits, l2_normalize
-from indexing.binary_index import DEFAULT_BINARY_FACTORY, BinaryIndex
-from indexing.bundle import (
+from dscmr.indexing.arrays import as_float_matrix, check_bits, l2_normalize
+from dscmr.indexing.binary_index import DEFAULT_BINARY_FACTORY, BinaryIndex
+from dscmr.indexing.bundle import (
     BINARY_FILE,
     FLOAT_FILE,
     FORMAT,
@@ -29,8 +29,8 @@ from indexing.bundle import (
     write_items,
     write_vectors,
 )
-from indexing.float_index import DEFAULT_FACTORY, FloatIndex
-from indexing.hashing import HASH_METHODS, LinearHasher, fit_hasher
+from dscmr.indexing.float_index import DEFAULT_FACTORY, FloatIndex
+from dscmr.indexing.hashing import HASH_METHODS, LinearHasher, fit_hasher
 
 # progress(stage, done, total); the CLI draws it as a bar.
 BuildProgress = Callable[[str, int, int], None]

@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 
 from dscmr.errors import IndexBundleError
+from dscmr.indexing.binary_index import BinaryIndex
+from dscmr.indexing.float_index import FloatIndex
+from dscmr.indexing.hashing import LinearHasher
 from dscmr.utils.io import atomic_write_json, file_sha256
-from indexing.binary_index import BinaryIndex
-from indexing.float_index import FloatIndex
-from indexing.hashing import LinearHasher
 
 FORMAT = "dscmr-index-bundle"
 FORMAT_VERSION = 1

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 
 from dscmr.errors import ConfigError, IndexBundleError, QueryError
-from indexing._checks import as_float_matrix, check_k, l2_normalize, sort_by_distance_then_id
+from dscmr.indexing.arrays import as_float_matrix, check_k, l2_normalize, sort_by_distance_then_id
 
 DEFAULT_FACTORY = "Flat"
 # Search-time parameters that can be set by name (faiss ParameterSpace names).

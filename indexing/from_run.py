@@ -12,10 +12,10 @@ import torch
 from dscmr.config import DataConfig, load_config, to_dict
 from dscmr.data import FeatureDataset, load_dataset
 from dscmr.errors import QueryError
+from dscmr.indexing.build import BuildProgress, BuildSpec, add_to_bundle, build_bundle
+from dscmr.indexing.bundle import MODALITIES, IndexBundle
+from dscmr.indexing.hashing import LinearHasher, learned_hasher
 from dscmr.train import LoadedRun, encode_split, load_run
-from indexing.build import BuildProgress, BuildSpec, add_to_bundle, build_bundle
-from indexing.bundle import MODALITIES, IndexBundle
-from indexing.hashing import LinearHasher, learned_hasher
 
 
 def raw_formats() -> tuple[str, ...]:
@@ -192,7 +192,7 @@ def add_from_run(
     progress: BuildProgress | None = None,
 ) -> IndexBundle:
     """Encode a split with the bundle's run and append it to the bundle (no retraining, atomic)."""
-    from indexing.bundle import read_manifest
+    from dscmr.indexing.bundle import read_manifest
 
     run = as_run(run)
     manifest = read_manifest(Path(bundle))

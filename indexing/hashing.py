@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from dscmr.errors import IndexBundleError, QueryError
-from indexing._checks import as_float_matrix, check_bits, l2_normalize
+from dscmr.indexing.arrays import as_float_matrix, check_bits, l2_normalize
 
 HASH_METHODS = ("sign", "itq", "learned")
 

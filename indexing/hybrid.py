@@ -10,8 +10,8 @@ import faiss
 import numpy as np
 
 from dscmr.errors import QueryError
-from indexing._checks import as_float_matrix, check_k, l2_normalize
-from indexing.binary_index import BinaryIndex
+from dscmr.indexing.arrays import as_float_matrix, check_k, l2_normalize
+from dscmr.indexing.binary_index import BinaryIndex
 
 SHORTLIST_FACTOR = 10
 

@@ -22,11 +22,11 @@ import torch
 from dscmr.config import DataConfig, from_dict
 from dscmr.data import FeatureDataset, load_dataset
 from dscmr.errors import QueryError
+from dscmr.indexing.arrays import check_k
+from dscmr.indexing.bundle import IndexBundle, load_bundle
+from dscmr.indexing.from_run import as_run
+from dscmr.indexing.hybrid import hybrid_search
 from dscmr.train import LoadedRun
-from indexing._checks import check_k
-from indexing.bundle import IndexBundle, load_bundle
-from indexing.from_run import as_run
-from indexing.hybrid import hybrid_search
 
 METRICS = ("cosine", "hamming", "hybrid")
 OTHER = {"image": "text", "text": "image"}
@@ -100,7 +100,7 @@ def query_features(
                 raise QueryError("empty image path; pass an image file (or --query-id ID)")
             if not Path(p).is_file():
                 raise QueryError(f"cannot read image {p}: no such file; check the path")
-    from indexing.from_run import raw_formats
+    from dscmr.indexing.from_run import raw_formats
 
     if run.config.data.format not in raw_formats():
         raise QueryError(
@@ -132,7 +132,7 @@ class Retriever:
         self.run = as_run(run)
         sha = self.run.checkpoint_sha256
         if isinstance(bundle, IndexBundle):
-            from indexing.bundle import check_run
+            from dscmr.indexing.bundle import check_run
 
             check_run(bundle.manifest, sha, path=bundle.path)
             self.bundle = bundle

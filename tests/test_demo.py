@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from cli.main import app
+from dscmr.cli.main import app
 
 runner = CliRunner()
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dscmr.data.features import (
+from dscmr.data.feature_files import (
     FEATURE_FORMATS,
     FeatureDataset,
     Split,

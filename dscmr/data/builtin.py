@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from dscmr.config import DataConfig
-from dscmr.data.features import FeatureDataset
+from dscmr.data.feature_files import FeatureDataset
 
 DIGITS_VERSION = 1
 SHAPES_VERSION = 1

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from dscmr.config import DataConfig
-from dscmr.data.features import SPLITS, FeatureDataset, Split, _make_split, carve_validation
+from dscmr.data.feature_files import SPLITS, FeatureDataset, Split, _make_split, carve_validation
 from dscmr.errors import DataError
 
 log = logging.getLogger("dscmr.data")

@@ -12,7 +12,7 @@ a trained run's DSCMR model consumes.
 from __future__ import annotations
 
 from dscmr.encoders.cache import FeatureCache, default_cache_dir, fingerprint_files, fingerprint_texts
-from dscmr.encoders.features import (
+from dscmr.encoders.extract import (
     RAW_FORMATS,
     encode_queries,
     feature_cache_for,

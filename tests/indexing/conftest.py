@@ -52,6 +52,6 @@ threads = 1
 @pytest.fixture
 def clustered() -> np.ndarray:
     """2000 + 50 seeded clustered 32-d vectors (the last 50 are queries)."""
-    from indexing.bench import clustered_embeddings
+    from dscmr.benchmarks.search import clustered_embeddings
 
     return clustered_embeddings(2050, 32, seed=3)

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import indexing.build as build_mod
+import dscmr.indexing.build as build_mod
 from dscmr.errors import IndexBundleError, QueryError
+from dscmr.indexing import BuildSpec, Retriever, add_from_run, build_from_run, load_bundle
+from dscmr.indexing.bundle import FLOAT_FILE, MANIFEST, VECTORS_FILE
 from dscmr.train import load_run
-from indexing import BuildSpec, Retriever, add_from_run, build_from_run, load_bundle
-from indexing.bundle import FLOAT_FILE, MANIFEST, VECTORS_FILE
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -167,7 +167,7 @@ def test_raw_queries_go_through_the_encoders_hook(
     trained_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dscmr.encoders
-    import indexing.from_run
+    import dscmr.indexing.from_run
 
     build_from_run(trained_run, tmp_path / "b", modality="image")
     r = Retriever(trained_run, tmp_path / "b")
@@ -178,7 +178,7 @@ def test_raw_queries_go_through_the_encoders_hook(
         calls.append((texts, image_paths))
         return np.stack([row] * len(texts))
 
-    monkeypatch.setattr(indexing.from_run, "raw_formats", lambda: ("npz",))
+    monkeypatch.setattr(dscmr.indexing.from_run, "raw_formats", lambda: ("npz",))
     monkeypatch.setattr(dscmr.encoders, "encode_queries", fake_encode_queries)
     hits = r.search_texts(["a red car", "a dog"], k=3)
     assert calls == [(["a red car", "a dog"], None)]

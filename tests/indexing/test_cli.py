@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
+from dscmr.cli.main import app
 
 runner = CliRunner()
 

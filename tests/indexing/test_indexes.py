@@ -6,10 +6,10 @@ import faiss
 import numpy as np
 import pytest
 
+from dscmr.benchmarks.search import recall_at
 from dscmr.errors import ConfigError, QueryError
-from indexing import BinaryIndex, FloatIndex, fit_itq, fit_sign, hybrid_search, pack_codes, unpack_codes
-from indexing.bench import recall_at
-from indexing.hashing import hamming_distances, itq_rotation, quantization_error
+from dscmr.indexing import BinaryIndex, FloatIndex, fit_itq, fit_sign, hybrid_search, pack_codes, unpack_codes
+from dscmr.indexing.hashing import hamming_distances, itq_rotation, quantization_error
 
 
 def brute_cosine(xb: np.ndarray, xq: np.ndarray) -> np.ndarray:
@@ -151,7 +151,7 @@ def test_itq_reduces_quantization_error_vs_random_rotations(clustered: np.ndarra
 
 
 def test_hasher_round_trip(tmp_path, clustered: np.ndarray) -> None:
-    from indexing import LinearHasher
+    from dscmr.indexing import LinearHasher
 
     h = fit_itq(clustered, 16)
     h.save(tmp_path / "h.npz")
@@ -182,7 +182,7 @@ def test_hybrid_recall_and_exact_scores(clustered: np.ndarray) -> None:
 
 
 def test_rerank_pads_orders_ties_by_id_and_rejects_foreign_ids(tmp_path) -> None:
-    from indexing.hybrid import rerank
+    from dscmr.indexing.hybrid import rerank
 
     rng = np.random.default_rng(4)
     vec = rng.normal(size=(50, 8)).astype(np.float32)

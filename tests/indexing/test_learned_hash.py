@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from dscmr.config import load_config
+from dscmr.indexing import BuildSpec, Retriever, build_from_run
+from dscmr.indexing.from_run import learned_layer
 from dscmr.train import encode_split, load_run, train
-from indexing import BuildSpec, Retriever, build_from_run
-from indexing.from_run import learned_layer
 
 
 def test_learned_hash_training_produces_codes(tiny_config: Path, tmp_path: Path) -> None:
@@ -36,7 +36,7 @@ def test_learned_hash_training_produces_codes(tiny_config: Path, tmp_path: Path)
 
 
 def test_bench_hashing_on_tiny_data(tiny_config: Path, tmp_path: Path) -> None:
-    from indexing.bench_hashing import bench_hashing
+    from dscmr.benchmarks.hashing import bench_hashing
 
     torch.set_num_threads(1)
     report = bench_hashing(load_config(tiny_config), tmp_path / "runs", bits=(16,), epochs=3)

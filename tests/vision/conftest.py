@@ -37,7 +37,7 @@ def _few_threads() -> None:
 @pytest.fixture(scope="session")
 def app() -> typer.Typer:
     """The full ``dscmr`` app."""
-    from cli.main import app as main_app
+    from dscmr.cli.main import app as main_app
 
     return main_app
 

@@ -8,9 +8,9 @@ import pytest
 
 from dscmr.config import apply_overrides, load_toml
 from dscmr.errors import ConfigError
-from dscmr.tasks.classify import ClassifyConfig
-from dscmr.tasks.denoise import DenoiseConfig
-from dscmr.tasks.hsi import HsiConfig
+from dscmr.vision_tasks.classify import ClassifyConfig
+from dscmr.vision_tasks.denoise import DenoiseConfig
+from dscmr.vision_tasks.hsi import HsiConfig
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "vision"
 CLASSES = {"hsi": HsiConfig, "denoise": DenoiseConfig, "classify": ClassifyConfig}

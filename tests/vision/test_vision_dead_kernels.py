@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from dscmr.tasks.dead_kernels import dead_kernel_report
 from dscmr.vision import create_model
+from dscmr.vision_tasks.dead_kernels import dead_kernel_report
 
 
 def test_report_counts_zeroed_kernels() -> None:

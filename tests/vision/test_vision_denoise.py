@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dscmr.tasks.denoise import seeded_noise
+from dscmr.vision_tasks.denoise import seeded_noise
 
 TINY = ["--epochs", "1", "--steps", "2", "--batch-size", "4", "--patch-size", "16", "--set", "model.depth=4"]
 

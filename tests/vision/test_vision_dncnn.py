@@ -62,7 +62,7 @@ def test_mismatched_weights_are_a_checkpoint_error() -> None:
 
 
 def test_reference_weights_reach_published_psnr(denoise_data: Path) -> None:
-    from dscmr.tasks.denoise import evaluate_denoiser, load_denoiser
+    from dscmr.vision_tasks.denoise import evaluate_denoiser, load_denoiser
 
     weights = denoise_data / "dncnn_s_sigma25_reference.safetensors"
     if not weights.is_file():

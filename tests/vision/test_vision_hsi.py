@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 
 from dscmr.errors import DataError
-from dscmr.tasks.hsi import (
+from dscmr.vision_tasks.hsi import (
     HsiConfig,
     HsiDataConfig,
     HsiTrainConfig,

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from dscmr.tasks.image_metrics import psnr, ssim
+from dscmr.vision_tasks.image_metrics import psnr, ssim
 
 
 def test_psnr_hand_computed() -> None:

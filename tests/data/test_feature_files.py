@@ -10,7 +10,7 @@ from scipy.io import savemat
 
 from dscmr.config import DataConfig
 from dscmr.data import carve_validation, load_dataset, to_multi_hot
-from dscmr.data.features import Split
+from dscmr.data.feature_files import Split
 from dscmr.errors import DataError
 from tests.conftest import make_clustered_features
 

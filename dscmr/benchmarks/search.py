@@ -22,11 +22,11 @@ import faiss
 import numpy as np
 
 from dscmr.errors import QueryError
-from indexing._checks import l2_normalize
-from indexing.binary_index import BinaryIndex
-from indexing.float_index import FloatIndex
-from indexing.hashing import LinearHasher, fit_hasher
-from indexing.hybrid import hybrid_search
+from dscmr.indexing.arrays import l2_normalize
+from dscmr.indexing.binary_index import BinaryIndex
+from dscmr.indexing.float_index import FloatIndex
+from dscmr.indexing.hashing import LinearHasher, fit_hasher
+from dscmr.indexing.hybrid import hybrid_search
 
 DEFAULT_FACTORIES = ("HNSW32", "IVF1024,Flat")
 EF_SEARCH = (16, 32, 64, 128)

@@ -7,7 +7,7 @@ import json
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
+from dscmr.cli.main import app
 
 
 def test_bench_encoders_json_is_consistent():

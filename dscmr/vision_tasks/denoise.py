@@ -20,7 +20,12 @@ import torch.nn.functional as F
 
 from dscmr.config import from_dict, save_config
 from dscmr.errors import CheckpointError, ConfigError, DataError
-from dscmr.tasks._runs import (
+from dscmr.utils.io import atomic_write_with
+from dscmr.vision import create_model
+from dscmr.vision._pretrained import load_state_dict_file
+from dscmr.vision.dncnn import DnCNN, is_reference_state_dict, load_dncnn_state_dict
+from dscmr.vision_tasks.image_metrics import psnr, ssim
+from dscmr.vision_tasks.runs import (
     WEIGHTS_FILE,
     ProgressFn,
     no_progress,
@@ -31,11 +36,6 @@ from dscmr.tasks._runs import (
     set_threads,
     shared_data_dir,
 )
-from dscmr.tasks.image_metrics import psnr, ssim
-from dscmr.utils.io import atomic_write_with
-from dscmr.vision import create_model
-from dscmr.vision._pretrained import load_state_dict_file
-from dscmr.vision.dncnn import DnCNN, is_reference_state_dict, load_dncnn_state_dict
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -19,7 +19,11 @@ from torch import nn
 
 from dscmr.config import save_config
 from dscmr.errors import ConfigError, DataError
-from dscmr.tasks._runs import (
+from dscmr.utils.io import atomic_write_json
+from dscmr.vision import create_model
+from dscmr.vision_tasks.denoise import IMAGE_SUFFIXES
+from dscmr.vision_tasks.hsi import stratified_split
+from dscmr.vision_tasks.runs import (
     ProgressFn,
     no_progress,
     save_metrics,
@@ -27,10 +31,6 @@ from dscmr.tasks._runs import (
     seed_everything,
     set_threads,
 )
-from dscmr.tasks.denoise import IMAGE_SUFFIXES
-from dscmr.tasks.hsi import stratified_split
-from dscmr.utils.io import atomic_write_json
-from dscmr.vision import create_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

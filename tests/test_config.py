@@ -8,7 +8,7 @@ import pytest
 from dscmr.config import Config, apply_overrides, load_config, load_toml, save_config
 from dscmr.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.toml")))

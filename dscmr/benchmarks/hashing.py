@@ -25,9 +25,9 @@ import torch
 from dscmr.config import Config, to_dict
 from dscmr.data import load_dataset
 from dscmr.eval.metrics import cross_modal_map
+from dscmr.indexing.from_run import learned_layer
+from dscmr.indexing.hashing import fit_hasher
 from dscmr.train import encode_split, load_run, train
-from indexing.from_run import learned_layer
-from indexing.hashing import fit_hasher
 
 BITS = (16, 32, 64, 128)
 METHODS = ("sign", "itq", "learned")

@@ -22,7 +22,9 @@ from torch import nn
 
 from dscmr.config import save_config
 from dscmr.errors import ConfigError, DataError
-from dscmr.tasks._runs import (
+from dscmr.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from dscmr.vision import create_model
+from dscmr.vision_tasks.runs import (
     ProgressFn,
     no_progress,
     save_metrics,
@@ -30,8 +32,6 @@ from dscmr.tasks._runs import (
     seed_everything,
     set_threads,
 )
-from dscmr.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from dscmr.vision import create_model
 
 INDIAN_PINES_CLASSES = (
     "Alfalfa", "Corn-notill", "Corn-mintill", "Corn", "Grass-pasture", "Grass-trees", "Grass-pasture-mowed",

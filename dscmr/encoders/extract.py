@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from dscmr.config import DataConfig
-from dscmr.encoders._progress import items_progress
 from dscmr.encoders.cache import FeatureCache, default_cache_dir, fingerprint_files, fingerprint_texts
 from dscmr.encoders.image import ImageDecodeError, ImageEncoder
 from dscmr.encoders.text import TextEncoder, check_texts
 from dscmr.errors import DscmrError, QueryError
+from dscmr.utils.progress import items_progress
 
 # Formats whose features come from the raw encoders (raw queries can be encoded for runs trained on them).
 RAW_FORMATS = ("folder", "digits", "shapes")
