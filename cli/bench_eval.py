@@ -22,10 +22,10 @@ def bench_eval_cmd(
     import torch
 
     from dscmr.benchmarks.map_speed import benchmark_map
-    from dscmr.errors import DscmrError
+    from dscmr.errors import UsageError
 
     if n < 2 or dim < 1 or loop_queries < 1 or repeats < 1:
-        raise DscmrError("--n must be >= 2; --dim, --loop-queries and --repeats >= 1")
+        raise UsageError("--n must be >= 2; --dim, --loop-queries and --repeats >= 1")
     if threads > 0:
         torch.set_num_threads(threads)
     res = benchmark_map(n=n, dim=dim, loop_queries=loop_queries, repeats=repeats)

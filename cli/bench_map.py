@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -14,27 +13,11 @@ _VARY_HELP = "Also vary the validation split with the seed (data.val_seed = seed
 _JOBS_HELP = "Seeds run in parallel processes; each gets max(1, cores // jobs) torch threads."
 
 
-def _progress_printer(quiet: bool) -> Any:
-    if quiet:
-        return None
-
-    def on_result(task: Any, result: dict[str, Any]) -> None:
-        t = result["test"]
-        secs = result.get("train_seconds") or 0.0
-        typer.echo(
-            f"{task.label}: test mAP avg {t['avg']:.4f} (img->txt {t['img2txt']:.4f}, txt->img {t['txt2img']:.4f}; "
-            f"{secs:.1f} s)",
-            err=True,
-        )
-
-    return on_result
-
-
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
 
-def _ci(ci: list[float] | None, fmt: str = ".4f") -> str:
+def _ci(ci: tuple[float, float] | None, fmt: str = ".4f") -> str:
     return "n/a" if not ci else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
@@ -64,21 +47,22 @@ def bench_map_cmd(
         data_root=data_root,
         config_info={"config": str(config), "set": list(set_)},
         progress=not json_out and jobs == 1,
-        on_result=_progress_printer(json_out),
     )
     if json_out:
         print_json(report)
         return
     typer.echo(f"output folder: {out_dir}  (report.md, report.json, seeds.png, pr_curves.png)")
-    for section in ("metrics", "hamming"):
-        for name, s in (report.get(section) or {}).items():
-            prefix = "hamming " if section == "hamming" else ""
+    from dscmr.experiments.report_types import MapReport
+
+    typed = MapReport.from_dict(report)
+    for prefix, section in (("", typed.metrics), ("hamming ", typed.hamming)):
+        for name, s in section.items():
             typer.echo(
-                f"{prefix}{name:8s} mean {s['mean']:.4f}  std {s['std']:.4f}  95% CI t {_ci(s['ci95'])}  "
-                f"bootstrap {_ci(s['ci95_bootstrap'])}  (n = {s['n']})"
+                f"{prefix}{name:8s} mean {s.mean:.4f}  std {s.std:.4f}  95% CI t {_ci(s.ci95)}  "
+                f"bootstrap {_ci(s.ci95_bootstrap)}  (n = {s.n})"
             )
-    if report.get("seeds_for_1pt"):
-        typer.echo(f"a 1-point mAP difference needs about {report['seeds_for_1pt']} paired seeds at this spread")
+    if typed.seeds_for_1pt:
+        typer.echo(f"a 1-point mAP difference needs about {typed.seeds_for_1pt} paired seeds at this spread")
 
 
 @cli_errors
@@ -97,15 +81,15 @@ def bench_compare_cmd(
 ) -> None:
     """Run A and B on the same seeds and say whether B is better (differences in mAP points)."""
     from dscmr.config import load_config
-    from dscmr.errors import ConfigError
+    from dscmr.errors import UsageError
     from dscmr.experiments.compare import compare
 
     if len(config) not in (1, 2):
-        raise ConfigError(f"pass one or two --config files, got {len(config)}")
+        raise UsageError(f"pass one or two --config files, got {len(config)}")
     if len(config) == 1 and not (set_a or set_b):
-        raise ConfigError("with one --config, give the variants with --set-a and/or --set-b")
+        raise UsageError("with one --config, give the variants with --set-a and/or --set-b")
     if seeds < 2:
-        raise ConfigError(f"compare needs at least 2 paired seeds, got --seeds {seeds}")
+        raise UsageError(f"compare needs at least 2 paired seeds, got --seeds {seeds}")
     path_a, path_b = config[0], config[-1]
     cfg_a = load_config(path_a, [*set_, *set_a])
     cfg_b = load_config(path_b, [*set_, *set_b])
@@ -122,20 +106,23 @@ def bench_compare_cmd(
         info_b={"config": str(path_b), "set": [*set_, *set_b]},
         min_effect=min_effect,
         progress=not json_out and jobs == 1,
-        on_result=_progress_printer(json_out),
     )
     if json_out:
         print_json(report)
         return
     typer.echo(f"output folder: {out_dir}  (report.md, report.json, paired.png, seeds.png)")
-    a, b = report["a"]["metrics"]["avg"], report["b"]["metrics"]["avg"]
-    typer.echo(f"A avg {a['mean']:.2f} ± {a['std']:.2f}   B avg {b['mean']:.2f} ± {b['std']:.2f}  (mAP points)")
+    from dscmr.experiments.report_types import CompareReport
+
+    c = CompareReport.from_dict(report)
+    a, b = c.a_avg, c.b_avg
+    split = report.get("split", "test")
+    typer.echo(f"A avg {a.mean:.2f} ± {a.std:.2f}   B avg {b.mean:.2f} ± {b.std:.2f}  ({split} mAP points)")
     typer.echo(
-        f"t-test p {report['p_ttest']:.4g}  Wilcoxon p {report['p_wilcoxon']:.4g}  "
-        f"query-bootstrap p {report['p_bootstrap_queries']:.4g} CI {_ci(report['ci95_bootstrap_queries'], '+.2f')}  "
-        f"P(B>A) {report['prob_b_better']:.2f}  d_z {_num(report['cohens_dz'])}"
+        f"t-test p {c.p_ttest:.4g}  Wilcoxon p {c.p_wilcoxon:.4g}  "
+        f"query-bootstrap p {c.p_bootstrap_queries:.4g} CI {_ci(c.ci95_bootstrap_queries, '+.2f')}  "
+        f"P(B>A) {c.prob_b_better:.2f}  d_z {_num(c.cohens_dz)}"
     )
-    typer.echo(report["verdict"])
+    typer.echo(c.verdict)
 
 
 @cli_errors
@@ -169,24 +156,22 @@ def ablate_cmd(
         data_root=data_root,
         config_info={"config": str(config), "set": list(set_)},
         progress=False,
-        on_result=_progress_printer(json_out),
     )
     if json_out:
         print_json(report)
         return
-    d = report["design"]
-    typer.echo(
-        f"output folder: {out_dir}  ({d['fraction']} factorial, {d['cells']} cells x {len(report['seeds'])} seeds)"
-    )
-    for title, key in (("main effects", "main_effects"), ("interactions", "interactions")):
+    from dscmr.experiments.report_types import AblationReport
+
+    r = AblationReport.from_dict(report)
+    typer.echo(f"output folder: {out_dir}  ({r.fraction} factorial, {r.cells} cells x {r.n_seeds} seeds)")
+    for title, effects in (("main effects", r.main_effects), ("interactions", r.interactions)):
         typer.echo(f"{title} (mAP points, first -> second level):")
-        for name, e in report[key].items():
-            alias = f"  (aliased with {', '.join(e['aliased_with'])})" if e["aliased_with"] else ""
-            typer.echo(f"  {name:40s} {e['estimate']:+.2f}  95% CI {_ci(e['ci95'], '+.2f')}{alias}")
-    typer.echo(report["conclusion"])
-    best = report["best_cell"]
-    prob = "n/a" if best["prob_best"] is None else f"{best['prob_best']:.2f}"
-    typer.echo(f"best cell: {best['levels']} mean {best['mean']:.2f}; stays best in {prob} of seed resamples")
+        for name, e in effects.items():
+            alias = f"  (aliased with {', '.join(e.aliased_with)})" if e.aliased_with else ""
+            typer.echo(f"  {name:40s} {e.estimate:+.2f}  95% CI {_ci(e.ci95, '+.2f')}{alias}")
+    typer.echo(r.conclusion)
+    prob = "n/a" if r.best_prob is None else f"{r.best_prob:.2f}"
+    typer.echo(f"best cell: {r.best_levels} mean {r.best_mean:.2f}; stays best in {prob} of seed resamples")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:

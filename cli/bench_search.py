@@ -10,12 +10,12 @@ from dscmr.cli._common import cli_errors, print_json
 
 
 def _ints(text: str, what: str) -> tuple[int, ...]:
-    from dscmr.errors import QueryError
+    from dscmr.errors import UsageError
 
     try:
         return tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise QueryError(f"{what} must be comma-separated integers, got {text!r}") from None
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
 @cli_errors
@@ -37,28 +37,14 @@ def bench_search_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Build Flat, ANN float indexes, BFlat and hybrid over N vectors; report build time, latency, recall, size."""
-    import faiss
-    import torch
+    from dscmr.benchmarks.search import search_benchmark
 
-    from dscmr.benchmarks.search import DEFAULT_FACTORIES, bench_search, run_embeddings
-    from dscmr.errors import QueryError
-
-    if n <= 0 or dim <= 0 or nq <= 0 or rounds <= 0:
-        raise QueryError("--n, --dim, --nq and --rounds must be positive")
-    faiss.omp_set_num_threads(threads)
-    torch.set_num_threads(threads)
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(threads)  # numpy's BLAS too
-    vectors = None
-    if run is not None:
-        from dscmr.train import load_run
-
-        vectors = run_embeddings(load_run(run), n + nq, dim, seed=seed)
-    report = bench_search(
+    report = search_benchmark(
         n,
         dim,
-        factories=tuple(factory) or DEFAULT_FACTORIES,
+        threads=threads,
+        run=run,
+        factories=tuple(factory),
         bits=_ints(bits, "--bits"),
         hash_method=hash_method,
         nq=nq,
@@ -67,11 +53,9 @@ def bench_search_cmd(
         ef_search=_ints(ef_search, "--ef-search"),
         nprobe=_ints(nprobe, "--nprobe"),
         shortlists=_ints(shortlist, "--shortlist"),
-        vectors=vectors,
         rounds=rounds,
         log=None if json_out else lambda msg: typer.echo(msg, err=True),
     )
-    report["data"] = f"run {run}" if run else "clustered"
     if json_out:
         print_json(report)
         return
@@ -103,12 +87,12 @@ def bench_hashing_cmd(
     """Binary 16/32/64/128-bit mAP next to float mAP, for sign, itq and learned codes."""
     from dscmr.benchmarks.hashing import METHODS, bench_hashing
     from dscmr.config import load_config
-    from dscmr.errors import QueryError
+    from dscmr.errors import UsageError
 
     names = tuple(m.strip() for m in methods.split(",") if m.strip())
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
-        raise QueryError(f"--methods must be a comma-separated subset of {', '.join(METHODS)}, got {methods!r}")
+        raise UsageError(f"--methods must be a comma-separated subset of {', '.join(METHODS)}, got {methods!r}")
     cfg = load_config(config, set_)
     report = bench_hashing(
         cfg,
@@ -130,7 +114,34 @@ def bench_hashing_cmd(
         )
 
 
+@cli_errors
+def bench_memory_cmd(
+    n: int = typer.Option(1_000_000, "--n", help="Items of the synthetic bundle."),
+    dim: int = typer.Option(128, "--dim", help="Vector dimension."),
+    bits: int = typer.Option(64, "--bits", help="ITQ code length of the binary index."),
+    nq: int = typer.Option(1000, "--nq", help="Single queries per metric (hybrid, then cosine)."),
+    bundle: Path | None = typer.Option(None, "--bundle", help="Measure this bundle instead of a synthetic one."),
+    seed: int = typer.Option(0, "--seed", help="Data seed."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """RSS after loading a bundle and after NQ queries, memory-mapped and in RAM, against its size on disk."""
+    from dscmr.benchmarks.bundle_memory import bench_bundle_memory
+
+    report = bench_bundle_memory(
+        n, dim, bits=bits, nq=nq, seed=seed, bundle=bundle, log=None if json_out else lambda m: typer.echo(m, err=True)
+    )
+    if json_out:
+        print_json(report)
+        return
+    typer.echo(f"bundle: {report['n']} x {report['dim']}, {report['disk_bytes'] / 2**20:.0f} MiB on disk")
+    for r in report["results"]:
+        for step, v in r["steps"].items():
+            grow, anon = v["rss_growth_mb"], v["anon_growth_mb"]
+            typer.echo(f"mmap={r['mmap']!s:5s} {step:18s} RSS +{grow:8.1f} MiB  anon +{anon:8.1f} MiB")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``bench search`` and ``bench hashing``."""
+    """Add ``bench search``, ``bench hashing`` and ``bench memory``."""
     bench_app.command("search")(bench_search_cmd)
     bench_app.command("hashing")(bench_hashing_cmd)
+    bench_app.command("memory")(bench_memory_cmd)

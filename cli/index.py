@@ -1,4 +1,4 @@
-"""``dscmr index build`` and ``dscmr index add``: write and extend index bundles."""
+"""``dscmr index build``, ``dscmr index add`` and ``dscmr index info``: write, extend and check index bundles."""
 
 from __future__ import annotations
 
@@ -10,55 +10,24 @@ from typing import Any
 import typer
 
 from dscmr.cli._common import cli_errors, print_json
+from dscmr.cli.export import ENGINE_HELP, run_with_engine
+from dscmr.utils.progress import current_progress
 
+_VERIFY_HELP = "Check every bundle file's SHA-256 against the manifest (build: the result; add: before adding)."
 _DATA_HELP = "A TOML config, or a data path read with the run's data config [default: the run's own data]."
 
 
 @contextlib.contextmanager
 def build_progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A rich progress bar on stderr fed by the builders' ``(stage, done, total)`` callback."""
+    """The builders' ``(stage, done, total)`` callback, drawn by the CLI's one renderer (:mod:`dscmr.cli._progress`).
+
+    ``indexing`` still reports stage first; this adapts it to ``progress(done, total, description)``.
+    """
     if not enabled:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    )
-    tasks: dict[str, Any] = {}
-
-    def update(stage: str, done: int, total: int) -> None:
-        key = stage.split(" (")[0]
-        if key not in tasks:
-            tasks[key] = bar.add_task(stage, total=total)
-        bar.update(tasks[key], completed=done, total=total, description=stage)
-
-    with bar:
-        yield update
-
-
-def _summary(bundle: Any) -> dict[str, Any]:
-    m = bundle.manifest
-    return {
-        "bundle": str(bundle.path),
-        "modality": m["modality"],
-        "count": m["count"],
-        "dim": m["dim"],
-        "metrics": list(bundle.metrics),
-        "float": m["float"]["factory"] if m.get("float") else None,
-        "binary": (
-            {"method": m["binary"]["method"], "bits": m["binary"]["bits"], "factory": m["binary"]["factory"]}
-            if m.get("binary")
-            else None
-        ),
-        "bytes": sum(f["bytes"] for f in m["files"].values()),
-    }
+    report = current_progress()
+    yield lambda stage, done, total: report(done, total, stage)
 
 
 def _print_summary(s: dict[str, Any], verb: str) -> None:
@@ -89,32 +58,22 @@ def build_cmd(
     nprobe: int | None = typer.Option(None, "--nprobe", help="IVF nprobe stored with the index."),
     split: str = typer.Option("test", "--split", help="Dataset split to index: train, val or test."),
     seed: int = typer.Option(0, "--seed", help="Seed of training samples and projections."),
+    verify: bool = typer.Option(False, "--verify", help=_VERIFY_HELP),
+    engine: str | None = typer.Option(None, "--engine", help=ENGINE_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Encode one modality of a dataset split with a run and write an index bundle."""
-    from dscmr.errors import QueryError
-    from dscmr.indexing.build import BuildSpec
-    from dscmr.indexing.from_run import as_run, build_from_run, check_modality
+    from dscmr.indexing.from_run import build_from_options
 
-    check_modality(modality)
-    if no_float and binary is None:
-        raise QueryError("--no-float needs --binary METHOD")
-    run_ = as_run(run)
-    if bits is None:
-        bits = run_.model.hash_bits if binary == "learned" and run_.model.hash_bits else 64
-    params = tuple((k, float(v)) for k, v in (("efSearch", ef_search), ("nprobe", nprobe)) if v is not None)
-    spec = BuildSpec(
-        float_factory=None if no_float else (float_factory or "Flat"),
-        binary=binary,
-        bits=bits,
-        binary_factory=binary_factory,
-        seed=seed,
-        float_params=params,
-        keep_vectors=not no_vectors,
-    )
+    run = run_with_engine(run, engine)
+
     with build_progress(not json_out) as progress:
-        bundle = build_from_run(run_, out, modality=modality, data=data, split=split, spec=spec, progress=progress)
-    s = _summary(bundle)
+        bundle = build_from_options(
+            run, out, modality=modality, data=data, split=split, progress=progress, verify=verify,
+            float_factory=float_factory, no_float=no_float, binary=binary, bits=bits, binary_factory=binary_factory,
+            no_vectors=no_vectors, ef_search=ef_search, nprobe=nprobe, seed=seed,
+        )  # fmt: skip
+    s = bundle.summary()
     if json_out:
         print_json(s)
     else:
@@ -127,23 +86,41 @@ def add_cmd(
     run: Path = typer.Option(..., "--run", help="The run the bundle was built with."),
     data: str | None = typer.Option(None, "--data", help=_DATA_HELP),
     split: str = typer.Option("test", "--split", help="Dataset split to add: train, val or test."),
+    verify: bool = typer.Option(False, "--verify", help=_VERIFY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Append a dataset split to a bundle without retraining its indexes (atomic, like build)."""
     from dscmr.indexing.from_run import add_from_run
 
     with build_progress(not json_out) as progress:
-        b = add_from_run(bundle, run, data=data, split=split, progress=progress)
-    s = _summary(b)
+        b = add_from_run(bundle, run, data=data, split=split, progress=progress, verify=verify)
+    s = b.summary()
     if json_out:
         print_json(s)
     else:
         _print_summary(s, "extended")
 
 
+@cli_errors
+def info_cmd(
+    bundle: Path = typer.Option(..., "--bundle", help="Bundle folder."),
+    verify: bool = typer.Option(False, "--verify", help="Also check every file's SHA-256 against the manifest."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
+) -> None:
+    """Load a bundle with every check (and its file hashes with --verify) and summarise it."""
+    from dscmr.indexing.bundle import load_bundle
+
+    s = load_bundle(bundle, verify=verify).summary()
+    if json_out:
+        print_json(s)
+    else:
+        _print_summary(s, "verified" if verify else "checked")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    """Add ``index build`` and ``index add``."""
+    """Add ``index build``, ``index add`` and ``index info``."""
     index_app = typer.Typer(help="Build and extend FAISS index bundles.", no_args_is_help=True)
     index_app.command("build")(build_cmd)
     index_app.command("add")(add_cmd)
+    index_app.command("info")(info_cmd)
     app.add_typer(index_app, name="index")

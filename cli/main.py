@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import typer
 
-from dscmr.cli import bench_eval, bench_map, bench_search, demo, index, search, train, vision
+from dscmr.cli import (
+    bench_eval,
+    bench_features,
+    bench_map,
+    bench_search,
+    demo,
+    encode,
+    export,
+    index,
+    search,
+    serve,
+    train,
+    vision,
+)
 
 app = typer.Typer(
     name="dscmr",
@@ -21,7 +34,21 @@ bench_app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 
-for _module in (train, vision, index, search, bench_map, bench_search, bench_eval, demo):
+_MODULES = (
+    train,
+    encode,
+    vision,
+    index,
+    search,
+    serve,
+    export,
+    bench_map,
+    bench_search,
+    bench_eval,
+    bench_features,
+    demo,
+)
+for _module in _MODULES:
     _module.register(app, bench_app)
 
 

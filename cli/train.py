@@ -23,26 +23,28 @@ def train_cmd(
     out: Path | None = typer.Option(None, "--out", help="Run folder [default: runs/<config>-seed<N>]."),
     set_: list[str] = typer.Option([], "--set", help="Override a config field: section.key=value (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out from its last checkpoint."),
+    engine: str | None = typer.Option(None, "--engine", help="Encoders: torch, onnx or onnx-int8 (data.engine)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the test metrics, nothing else."),
+    ddp: int = typer.Option(
+        0, "--ddp", help="Train on N local processes (DDP, gloo, CPU) via torch.distributed.run [default: 1 process]."
+    ),
 ) -> None:
     """Train DSCMR, pick the epoch on validation mAP and report its test mAP."""
-    from dscmr.config import apply_overrides, load_config
-    from dscmr.errors import CheckpointError
-    from dscmr.train import train
+    from dscmr.config import load_config
+    from dscmr.train import config_for_run, train
 
     overrides = list(set_) + ([f"train.seed={seed}"] if seed is not None else [])
+    overrides += [f'data.engine="{engine}"'] if engine is not None else []
     cfg = load_config(config, overrides)
     run_dir = out or _default_out(config, cfg.train.seed)
-    if not resume and (run_dir / "metrics.json").exists():
-        raise CheckpointError(f"{run_dir} already holds a finished run; pass another --out or delete it")
-    if resume and (run_dir / "config.json").is_file():
-        # A resumed run continues with the config it was started with (plus the new overrides).
-        import json
+    cfg = config_for_run(cfg, run_dir, overrides=overrides, resume=resume)
+    if ddp:
+        from dscmr.train.distributed import launch_train
 
-        from dscmr.config import Config, from_dict
-
-        saved = from_dict(Config, json.loads((run_dir / "config.json").read_text()), source=str(run_dir))
-        cfg = apply_overrides(saved, overrides)
+        code = launch_train(
+            ddp, config, run_dir, data_root=data_root, overrides=overrides, resume=resume, json_out=json_out
+        )
+        raise typer.Exit(code)
     result = train(cfg, run_dir, data_root=data_root, resume=resume, progress=not json_out)
     summary = result.summary()
     if json_out:
@@ -53,7 +55,7 @@ def train_cmd(
         f"selected epoch (validation mAP): {result.best_epoch} of {result.epochs_run}; val avg {result.val['avg']:.4f}"
     )
     typer.echo(
-        f"test mAP  img->txt {summary['img2txt']:.4f}  txt->img {summary['txt2img']:.4f}  "
+        f"{summary['split']} mAP  img->txt {summary['img2txt']:.4f}  txt->img {summary['txt2img']:.4f}  "
         f"avg {summary['avg']:.4f}  ({summary['train_seconds']:.1f} s)"
     )
 
@@ -70,13 +72,13 @@ def eval_cmd(
 ) -> None:
     """Evaluate a trained run's mAP on the validation or test split."""
     from dscmr.data import load_dataset
-    from dscmr.errors import DataError
+    from dscmr.errors import UsageError
     from dscmr.train import evaluate_split, load_run
 
     if split not in ("val", "test"):
-        raise DataError(f"--split must be val or test, got {split!r}")
+        raise UsageError(f"--split must be val or test, got {split!r}")
     if k is not None and k < 0:
-        raise DataError(f"--k must be >= 0 (0 = all), got {k}")
+        raise UsageError(f"--k must be >= 0 (0 = all), got {k}")
     run = load_run(run_dir)
     ds = load_dataset(run.config.data, data_root)
     kk = run.config.eval.k if k is None else k

@@ -7,24 +7,19 @@ section.key=value``), calls one library function from :mod:`dscmr.vision_tasks` 
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dscmr.cli._common import cli_errors, print_json
-from dscmr.config import apply_overrides, load_toml
+from dscmr.utils.progress import current_progress, no_progress
+from dscmr.vision_tasks.options import default_run_dir, resolve_config
 
 if TYPE_CHECKING:
     from dscmr.vision_tasks.runs import ProgressFn
-
-T = TypeVar("T")
 
 vision_app = typer.Typer(help="Vision models and tasks (HybridSN, DnCNN, MobileNets).", no_args_is_help=True)
 hsi_app = typer.Typer(help="Hyperspectral pixel classification with HybridSN.", no_args_is_help=True)
@@ -42,42 +37,8 @@ ThreadsOpt = typer.Option(None, "--threads", help="torch intra-op threads.")
 
 @contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[ProgressFn]:
-    """A rich progress bar on stderr, exposed as a ``progress(done, total, description)`` callback."""
-    console = Console(stderr=True)
-    if not enabled or not console.is_terminal:
-        yield lambda done, total, description: None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        task = bar.add_task("starting", total=None)
-
-        def update(done: int, total: int, description: str) -> None:
-            bar.update(task, completed=done, total=total, description=description)
-
-        yield update
-
-
-def _resolve(cls: type[T], config: Path | None, sets: list[str] | None, updates: dict[str, Any]) -> T:
-    """Config from ``--config`` (or defaults), then explicit options (``None`` = not given), then
-    ``--set``.
-    """
-    cfg: Any = load_toml(cls, config) if config else cls()
-    sections: dict[str, dict[str, Any]] = {}
-    for dotted, value in updates.items():
-        if value is not None:
-            section, key = dotted.split(".")
-            sections.setdefault(section, {})[key] = value
-    new = {name: dataclasses.replace(getattr(cfg, name), **kw) for name, kw in sections.items()}
-    return apply_overrides(dataclasses.replace(cfg, **new), sets)
-
-
-def _default_out(task: str, name: str, seed: int) -> Path:
-    return Path("runs") / "vision" / task / f"{name}-seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """The CLI's one renderer (:mod:`dscmr.cli._progress`) as a ``progress(done, total, description)`` callback."""
+    yield current_progress() if enabled else no_progress
 
 
 def _print_table(title: str, rows: dict[str, Any]) -> None:
@@ -134,7 +95,7 @@ def hsi_train(
     """Train and evaluate HybridSN on a hyperspectral cube; print OA, AA and kappa (%)."""
     from dscmr.vision_tasks.hsi import HsiConfig, run_hsi
 
-    cfg = _resolve(
+    cfg = resolve_config(
         HsiConfig,
         config,
         sets,
@@ -154,7 +115,7 @@ def hsi_train(
             "train.threads": threads,
         },
     )
-    out = out or _default_out("hsi", cfg.model.name, cfg.train.seed)
+    out = out or default_run_dir("hsi", cfg.model.name, cfg.train.seed)
     with progress_bar() as progress:
         metrics = run_hsi(cfg, out, progress=progress)
     summary = {k: metrics[k] for k in ("oa", "aa", "kappa", "train_seconds", "seed")}
@@ -193,7 +154,7 @@ def denoise_train(
     """Train DnCNN on random patches with AWGN (residual learning)."""
     from dscmr.vision_tasks.denoise import DenoiseConfig, train_denoiser
 
-    cfg = _resolve(
+    cfg = resolve_config(
         DenoiseConfig,
         config,
         sets,
@@ -212,7 +173,7 @@ def denoise_train(
             "train.threads": threads,
         },
     )
-    out = out or _default_out("denoise", cfg.model.name, cfg.train.seed)
+    out = out or default_run_dir("denoise", cfg.model.name, cfg.train.seed)
     with progress_bar() as progress:
         metrics = train_denoiser(cfg, out, progress=progress)
     summary = {k: v for k, v in metrics.items() if k != "loss_history"}
@@ -294,7 +255,7 @@ def classify_train(
     """Train or fine-tune a MobileNet classifier; saves safetensors + config in the run folder."""
     from dscmr.vision_tasks.classify import ClassifyConfig, train_classifier
 
-    cfg = _resolve(
+    cfg = resolve_config(
         ClassifyConfig,
         config,
         sets,
@@ -310,7 +271,7 @@ def classify_train(
             "train.threads": threads,
         },
     )
-    out = out or _default_out("classify", cfg.model.name, cfg.train.seed)
+    out = out or default_run_dir("classify", cfg.model.name, cfg.train.seed)
     with progress_bar() as progress:
         metrics = train_classifier(cfg, out, progress=progress)
     summary = {k: v for k, v in metrics.items() if k != "loss_history"}

@@ -2,7 +2,8 @@
 
 A config file has one table per section (``[data]``, ``[model]``, ``[loss]``, ``[train]``, ``[eval]``). Unknown
 keys and wrong types are errors that name the key and the file. Overrides (``--set train.lr=3e-4``) go through
-:func:`dataclasses.replace`, and the resolved config is saved next to every run's outputs.
+:func:`dataclasses.replace`; :meth:`dscmr.train.RunDir.save_config` saves the resolved config next to every
+run's outputs.
 
 The generic helpers (:func:`from_dict`, :func:`apply_overrides`, :func:`to_dict`, :func:`load_toml`) work for any
 nested frozen dataclass, so other tasks (vision, experiments) define their own config classes and reuse them.
@@ -20,11 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dscmr.errors import ConfigError
-from dscmr.utils.io import atomic_write_text
 
 T = TypeVar("T")
 
 NORM_CHOICES = ("mean_l2", "frobenius")
+ENGINE_CHOICES = ("torch", "onnx", "onnx-int8")  # dscmr.encoders.engine.ENGINES
+IMAGE_FIT_CHOICES = ("crop", "pad", "stretch")  # dscmr.encoders.image.FIT_CHOICES
+IMAGE_VIEWS_CHOICES = ("one", "flip", "five", "ten")  # dscmr.encoders.image.VIEW_CHOICES
+MULTI_CAPTION_CHOICES = ("off", "joined", "mean")  # dscmr.data.views
 
 
 @dataclass(frozen=True)
@@ -33,7 +37,8 @@ class DataConfig:
 
     Attributes:
         format: ``wikipedia`` (raw_features.mat + list files), ``dscmr`` (the DSCMR release .mat layout),
-            ``npz`` (generic arrays), ``folder`` (images + captions) or a built-in dataset name.
+            ``npz`` (generic arrays), ``folder`` (images + captions), a built-in dataset name, or ``features_dir``
+            (a features folder written by ``dscmr encode``).
         root: Folder (or .npz file) holding the data. Relative paths are resolved from the working directory.
         text_key: Key prefix of the text features in ``raw_features.mat`` (``T`` -> ``T_tr``/``T_te``).
         image_key: Key prefix of the image features in ``raw_features.mat``.
@@ -44,12 +49,30 @@ class DataConfig:
         val_seed: Seed of the validation split.
         standardize: Standardise each feature with the training split's mean and std (stored in the model).
         skip_bad: Folder datasets: drop bad records (with a count) instead of failing.
-        image_size: Folder datasets: input size of the image encoder.
+        image_size: Folder datasets: input size of the image encoder (0 = the backbone's own: 224 for
+            MobileNetV2 and EfficientNet-Lite0, 240 for Lite1, 260 for Lite2).
+        image_fit: Folder datasets: how a picture becomes the square input: ``crop`` (shorter side resized, centre
+            cropped), ``pad`` (whole picture, longer side resized, padded with the mean colour) or ``stretch``
+            (whole picture resized to the square, aspect not kept). Recorded in the feature-cache key.
+        image_views: Folder datasets: views whose features are averaged: ``one``, ``flip`` (+ mirror image),
+            ``five`` (centre and corner crops of the picture fitted at ``image_size / 0.875``) or ``ten`` (five
+            + mirrors). Recorded in the feature-cache key.
         image_backbone: Folder datasets: registered vision model used as the frozen image encoder.
         image_backbone_weights: Folder datasets: fine-tuned backbone weights (``model.safetensors`` of
             ``dscmr vision classify``) instead of the ImageNet ones ("" = ImageNet).
         text_model: Folder datasets: sentence-transformers model name or path ("" = offline all-MiniLM-L6-v2).
         cache_dir: Folder datasets: where cached features go ("" = ~/.cache/dscmr).
+        engine: Folder datasets: how the frozen encoders run: ``torch``, ``onnx`` or ``onnx-int8`` (ONNX
+            Runtime; see docs/onnx.md). Recorded in the feature-cache key.
+        captions_file: Folder datasets: the captions file inside the folder ("" = ``captions.jsonl`` or
+            ``.csv``; e.g. ``sentences.jsonl``, whose records may list several ``sentences``).
+        multi_caption: Folder datasets: ``off`` (one row per record), or one row per image whose text is its
+            sentences ``joined`` or the ``mean`` of their embeddings, training on each sentence
+            (:mod:`dscmr.data.views`).
+        image_train_blocks: Folder datasets: last backbone blocks (plus the head conv) trained with the DSCMR
+            losses on cached activations of the frozen part (0 = frozen pooled features).
+        image_train_views: Folder datasets: augmented views (random resized crops, flips) cached per training
+            image and drawn from during training (0 = the deterministic view only).
     """
 
     format: str = "wikipedia"
@@ -63,11 +86,18 @@ class DataConfig:
     val_seed: int = 0
     standardize: bool = False
     skip_bad: bool = False
-    image_size: int = 224
+    image_size: int = 0
+    image_fit: str = "crop"
+    image_views: str = "one"
     image_backbone: str = "mobilenet_v2_100"
     image_backbone_weights: str = ""
     text_model: str = ""
     cache_dir: str = ""
+    engine: str = "torch"
+    captions_file: str = ""
+    multi_caption: str = "off"
+    image_train_blocks: int = 0
+    image_train_views: int = 0
 
 
 @dataclass(frozen=True)
@@ -122,6 +152,7 @@ class TrainConfig:
         betas: Adam betas.
         weight_decay: Adam weight decay.
         patience: Stop after this many epochs without a validation improvement (0 disables early stopping).
+        image_top_lr: Adam learning rate of the trainable image top (``data.image_train_blocks``; 0 = ``lr``).
         seed: Seed for python, numpy and torch (weights init and data order).
         threads: torch intra-op threads (0 leaves torch's default).
         checkpoint_every: Save resumable training state every N epochs.
@@ -133,6 +164,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     weight_decay: float = 0.0
     patience: int = 50
+    image_top_lr: float = 0.0
     seed: int = 0
     threads: int = 0
     checkpoint_every: int = 10
@@ -164,8 +196,24 @@ class Config:
     def __post_init__(self) -> None:
         if self.loss.norm not in NORM_CHOICES:
             raise ConfigError(f"loss.norm must be one of {', '.join(NORM_CHOICES)}, got {self.loss.norm!r}")
+        if self.data.engine not in ENGINE_CHOICES:
+            raise ConfigError(f"data.engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.data.engine!r}")
+        if self.data.image_fit not in IMAGE_FIT_CHOICES:
+            raise ConfigError(
+                f"data.image_fit must be one of {', '.join(IMAGE_FIT_CHOICES)}, got {self.data.image_fit!r}"
+            )
+        if self.data.image_views not in IMAGE_VIEWS_CHOICES:
+            raise ConfigError(
+                f"data.image_views must be one of {', '.join(IMAGE_VIEWS_CHOICES)}, got {self.data.image_views!r}"
+            )
         if not 0.0 <= self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {self.data.val_fraction}")
+        if self.data.multi_caption not in MULTI_CAPTION_CHOICES:
+            raise ConfigError(
+                f"data.multi_caption must be one of {', '.join(MULTI_CAPTION_CHOICES)}, got {self.data.multi_caption!r}"
+            )
+        if self.data.image_train_blocks < 0 or self.data.image_train_views < 0:
+            raise ConfigError("data.image_train_blocks and data.image_train_views must be >= 0")
         if self.train.batch_size <= 0 or self.train.epochs <= 0:
             raise ConfigError("train.batch_size and train.epochs must be positive")
         if not 0.0 <= self.model.dropout < 1.0:
@@ -363,10 +411,3 @@ def dumps_toml(cfg: Any) -> str:
                 raise TypeError("nested tables deeper than one level are not supported")
             lines.append(f"{k} = {_toml_value(v)}")
     return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def save_config(cfg: Any, folder: str | Path) -> None:
-    """Write the resolved config as ``config.toml`` and ``config.json`` into ``folder`` (atomically)."""
-    folder = Path(folder)
-    atomic_write_text(folder / "config.toml", dumps_toml(cfg))
-    atomic_write_text(folder / "config.json", json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -20,8 +20,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,10 @@ from typing import Any
 import numpy as np
 
 from dscmr.config import Config, DataConfig, EvalConfig, LossConfig, ModelConfig, TrainConfig
+from dscmr.data import FeatureDataset
+from dscmr.utils.progress import Progress
+
+log = logging.getLogger(__name__)
 
 TEXT_QUERIES = {
     "shapes": ("a large red circle", "a blue square above a green triangle", "two yellow triangles"),
@@ -76,9 +82,9 @@ class DemoResult:
 def demo_config(*, dataset: str = "shapes", quick: bool = False, cache_dir: str = "", threads: int = 0) -> Config:
     """The demo's experiment config (``configs/shapes.toml`` / ``configs/digits.toml`` hold the same settings)."""
     if dataset not in TEXT_QUERIES:
-        from dscmr.errors import ConfigError
+        from dscmr.errors import UsageError
 
-        raise ConfigError(f"unknown demo dataset {dataset!r}; use shapes or digits")
+        raise UsageError(f"unknown demo dataset {dataset!r}; use shapes or digits")
     data = DataConfig(format=dataset, root="", image_size=64 if quick else 128, cache_dir=cache_dir, standardize=True)
     if quick:
         model = ModelConfig(img_hidden=(64,), txt_hidden=(64,), common_dim=32)
@@ -98,10 +104,12 @@ def run_demo(
     quick: bool = False,
     cache_dir: str = "",
     threads: int = 0,
-    progress: bool | None = None,
-    say: Callable[[str], None] = lambda s: None,
+    progress: Progress | bool | None = None,
 ) -> DemoResult:
     """Run the whole demo into ``out`` (see the module docstring).
+
+    Each step logs its lines of the human-readable report (``logging``, logger ``dscmr.demo``, level INFO); the
+    CLI prints them on stderr.
 
     Args:
         out: Output folder (run, bundles, contact sheet).
@@ -109,21 +117,15 @@ def run_demo(
         quick: A tiny version (100 pictures, 64 px, 4 epochs) for tests and smoke checks.
         cache_dir: Where generated data and cached features go ("" = ``~/.cache/dscmr``).
         threads: torch intra-op threads (0 = torch's default).
-        progress: Draw progress bars (default: when stderr is a terminal).
-        say: Called with each line of the human-readable report.
+        progress: Feature-extraction and training progress (default: the current reporter,
+            :mod:`dscmr.utils.progress`; ``False``: none).
     """
     import torch
 
-    from dscmr.data.builtin import builtin_folder
-    from dscmr.data.folder import load_folder
-    from dscmr.eval.metrics import cross_modal_map
-    from dscmr.indexing import BuildSpec, Retriever, build_from_run
-    from dscmr.train import encode_split, load_run, train
-    from dscmr.utils.progress import progress_enabled
+    from dscmr.train import load_run
 
     if threads > 0:
         torch.set_num_threads(threads)
-    progress = progress_enabled(progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -131,116 +133,27 @@ def run_demo(
     bits = 16 if quick else 64
     seconds: dict[str, float] = {}
 
-    # 1. data: generate (once) and encode (once, cached)
-    t0 = time.perf_counter()
-    n = 100 if quick else None
-    folder = builtin_folder(dataset, cache_dir, n=n if dataset == "shapes" else (200 if quick else None))
-    if quick:  # a reduced set is an ordinary folder dataset
-        from dataclasses import replace
-
-        cfg = replace(cfg, data=replace(cfg.data, format="folder", root=str(folder)))
-    say(f"1. data: {dataset} at {folder}")
-    ds = load_folder(folder, cfg.data, progress=progress)
-    seconds["data"] = time.perf_counter() - t0
-    sizes = {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
-    say(
-        f"   {sizes['train']} train / {sizes['val']} val / {sizes['test']} test pairs, {ds.num_classes} labels; "
-        f"features {ds.img_dim}-d image (frozen {cfg.data.image_backbone} @ {cfg.data.image_size}px), "
-        f"{ds.txt_dim}-d text; {seconds['data']:.1f} s"
-    )
-
-    # 2. train DSCMR on the cached features
-    t0 = time.perf_counter()
-    run_dir = out / "run"
-    if (run_dir / "metrics.json").exists():
-        import shutil
-
-        shutil.rmtree(run_dir)
-    say(f"2. training DSCMR ({cfg.train.epochs} epochs max) on cached features -> {run_dir}")
-    result = train(cfg, run_dir, dataset=ds, progress=progress)
-    seconds["train"] = time.perf_counter() - t0
-    say(f"   selected epoch {result.best_epoch} of {result.epochs_run}; {seconds['train']:.1f} s")
+    with _timed(seconds, "data"):
+        cfg, ds = _load_data(cfg, dataset, quick=quick, cache_dir=cache_dir, progress=progress)
+    with _timed(seconds, "train"):
+        run_dir = _train(cfg, ds, out / "run", progress=progress)
     run = load_run(run_dir)
-
-    # 3. indexes: test images (float + 64-bit ITQ binary), test captions (float)
-    t0 = time.perf_counter()
-    img_bundle = build_from_run(
-        run, out / "bundles" / "images", modality="image", spec=BuildSpec(binary="itq", bits=bits)
-    )
-    txt_bundle = build_from_run(run, out / "bundles" / "texts", modality="text", spec=BuildSpec())
-    seconds["index"] = time.perf_counter() - t0
-    say(
-        f"3. indexes: {img_bundle.count} test images (float Flat + {bits}-bit ITQ BFlat), "
-        f"{txt_bundle.count} test captions (float Flat)"
-    )
-
-    # 4. example queries
-    t0 = time.perf_counter()
-    captions_of: dict[str, list[str]] = {}
-    for path, text in zip(ds.test.img_items or (), ds.test.txt_items or (), strict=True):
-        captions_of.setdefault(path, []).append(text)
-    img_retriever = Retriever(run, img_bundle)
-    queries = list(TEXT_QUERIES[dataset])
-    float_hits = img_retriever.search_texts(queries, k=K, metric="cosine")
-    ham_hits = img_retriever.search_texts(queries, k=K, metric="hamming")
-    text_queries = []
-    say("4. text -> image (top hits; cosine, then Hamming)")
-    for q, fh, hh in zip(queries, float_hits, ham_hits, strict=True):
-        say(f'   "{q}"')
-        rows = []
-        for h in fh:
-            cap = captions_of.get(h.item, [""])[0]
-            say(f"     {h.rank}. {h.score:+.3f}  {Path(h.item).name}  ({cap})")
-            rows.append({"rank": h.rank, "score": h.score, "image": h.item, "caption": cap})
-        say("     hamming: " + ", ".join(f"{Path(h.item).name} (d={h.score})" for h in hh))
-        text_queries.append(
-            {
-                "query": q,
-                "hits": rows,
-                "hamming_hits": [{"rank": h.rank, "distance": h.score, "image": h.item} for h in hh],
-            }
-        )
-    query_image = (ds.test.img_items or ("",))[0]
-    txt_hits = Retriever(run, txt_bundle).search_images([query_image], k=K, metric="cosine")[0]
-    truth = captions_of.get(query_image, [""])[0]
-    say(f"   image -> text: {Path(query_image).name} (its caption: {truth})")
-    for h in txt_hits:
-        say(f"     {h.rank}. {h.score:+.3f}  {h.item}")
-    image_query = {
-        "image": query_image,
-        "caption": truth,
-        "hits": [{"rank": h.rank, "score": h.score, "text": h.item} for h in txt_hits],
-    }
-    seconds["queries"] = time.perf_counter() - t0
-
-    # 5. test mAP, both directions: float (cosine) and Hamming on the bundle's codes
-    u, v = encode_split(run.model, ds.test)
-    map_float = cross_modal_map(u, v, ds.test.labels)
-    assert img_bundle.hasher is not None
-    bu, bv = (np.where(img_bundle.hasher.project(x.numpy()) > 0, 1.0, -1.0) for x in (u, v))  # (n, bits) +-1
-    map_ham = cross_modal_map(bu, bv, ds.test.labels, metric="hamming")
-    chance = chance_map(ds.test.labels)
-    say(
-        f"5. test mAP   float: img->txt {map_float['img2txt']:.4f}  txt->img {map_float['txt2img']:.4f}  "
-        f"avg {map_float['avg']:.4f}"
-    )
-    say(
-        f"              {bits}-bit Hamming: img->txt {map_ham['img2txt']:.4f}  "
-        f"txt->img {map_ham['txt2img']:.4f}  avg {map_ham['avg']:.4f}"
-    )
-    say(f"              (a random ranking scores about {chance:.4f}: the share of relevant pairs)")
-
-    # 6. contact sheet
+    with _timed(seconds, "index"):
+        img_bundle, txt_bundle = _build_indexes(run, out / "bundles", bits=bits)
+    with _timed(seconds, "queries"):
+        text_queries, image_query = _example_queries(run, ds, img_bundle, txt_bundle, dataset=dataset)
+    map_float, map_ham, chance = _test_map(run, ds, img_bundle, bits=bits)
     sheet = write_contact_sheet(out / "contact_sheet.png", text_queries)
     page = write_contact_html(out / "contact_sheet.html", text_queries, image_query)
-    say(f"6. contact sheet: {sheet}  (and {page.name})")
+    log.info(f"6. contact sheet: {sheet}  (and {page.name})")
 
     seconds["total"] = time.perf_counter() - t_start
     seconds = {k: round(v, 2) for k, v in seconds.items()}
     next_commands = next_steps(run_dir, out, dataset=dataset)
-    say(f"7. done in {seconds['total']:.0f} s. Next:")
+    log.info(f"7. done in {seconds['total']:.0f} s. Next:")
     for c in next_commands:
-        say(f"   {c}")
+        log.info(f"   {c}")
+    sizes = {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)}
     return DemoResult(
         out,
         run_dir,
@@ -259,6 +172,129 @@ def run_demo(
     )
 
 
+def _load_data(
+    cfg: Config, dataset: str, *, quick: bool, cache_dir: str, progress: Progress | bool | None
+) -> tuple[Config, FeatureDataset]:
+    """Step 1: generate the built-in folder (once) and encode it (once, cached); a quick run's reduced set is an
+    ordinary folder dataset, so the returned config says ``format = "folder"`` for it."""
+    from dataclasses import replace
+
+    from dscmr.data.builtin import builtin_folder
+    from dscmr.data.folder import load_folder
+
+    n = 100 if quick else None
+    folder = builtin_folder(dataset, cache_dir, n=n if dataset == "shapes" else (200 if quick else None))
+    if quick:
+        cfg = replace(cfg, data=replace(cfg.data, format="folder", root=str(folder)))
+    log.info(f"1. data: {dataset} at {folder}")
+    t0 = time.perf_counter()
+    ds = load_folder(folder, cfg.data, progress=progress)
+    log.info(
+        f"   {len(ds.train)} train / {len(ds.val)} val / {len(ds.test)} test pairs, {ds.num_classes} labels; "
+        f"features {ds.img_dim}-d image (frozen {cfg.data.image_backbone} @ {cfg.data.image_size}px), "
+        f"{ds.txt_dim}-d text; {time.perf_counter() - t0:.1f} s"
+    )
+    return cfg, ds
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], name: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` block as ``seconds[name]``."""
+    t0 = time.perf_counter()
+    yield
+    seconds[name] = time.perf_counter() - t0
+
+
+def _train(cfg: Config, ds: FeatureDataset, run_dir: Path, *, progress: Progress | bool | None) -> Path:
+    """Step 2: train DSCMR on the cached features into ``run_dir`` (a finished earlier run there is replaced)."""
+    import shutil
+
+    from dscmr.train import RunDir, train
+
+    if RunDir(run_dir).finished:
+        shutil.rmtree(run_dir)
+    log.info(f"2. training DSCMR ({cfg.train.epochs} epochs max) on cached features -> {run_dir}")
+    t0 = time.perf_counter()
+    result = train(cfg, run_dir, dataset=ds, progress=progress)
+    log.info(f"   selected epoch {result.best_epoch} of {result.epochs_run}; {time.perf_counter() - t0:.1f} s")
+    return run_dir
+
+
+def _build_indexes(run: Any, folder: Path, *, bits: int) -> tuple[Any, Any]:
+    """Step 3: a float + ``bits``-bit ITQ bundle of the test images and a float bundle of the test captions."""
+    from dscmr.indexing import BuildSpec, build_from_run
+
+    img_bundle = build_from_run(run, folder / "images", modality="image", spec=BuildSpec(binary="itq", bits=bits))
+    txt_bundle = build_from_run(run, folder / "texts", modality="text", spec=BuildSpec())
+    log.info(
+        f"3. indexes: {img_bundle.count} test images (float Flat + {bits}-bit ITQ BFlat), "
+        f"{txt_bundle.count} test captions (float Flat)"
+    )
+    return img_bundle, txt_bundle
+
+
+def _example_queries(
+    run: Any, ds: FeatureDataset, img_bundle: Any, txt_bundle: Any, *, dataset: str
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Step 4: the dataset's text queries against the images (cosine and Hamming), one test image against the
+    captions. Returns the text->image rows and the image->text result."""
+    from dscmr.indexing import Retriever
+
+    captions_of: dict[str, list[str]] = {}
+    for path, text in zip(ds.test.img_items or (), ds.test.txt_items or (), strict=True):
+        captions_of.setdefault(path, []).append(text)
+    img_retriever = Retriever(run, img_bundle)
+    queries = list(TEXT_QUERIES[dataset])
+    float_hits = img_retriever.search_texts(queries, k=K, metric="cosine")
+    ham_hits = img_retriever.search_texts(queries, k=K, metric="hamming")
+    log.info("4. text -> image (top hits; cosine, then Hamming)")
+    text_queries = []
+    for q, fh, hh in zip(queries, float_hits, ham_hits, strict=True):
+        log.info(f'   "{q}"')
+        rows = []
+        for h in fh:
+            cap = captions_of.get(h.item, [""])[0]
+            log.info(f"     {h.rank}. {h.score:+.3f}  {Path(h.item).name}  ({cap})")
+            rows.append({"rank": h.rank, "score": h.score, "image": h.item, "caption": cap})
+        log.info("     hamming: " + ", ".join(f"{Path(h.item).name} (d={h.score})" for h in hh))
+        hamming_rows = [{"rank": h.rank, "distance": h.score, "image": h.item} for h in hh]
+        text_queries.append({"query": q, "hits": rows, "hamming_hits": hamming_rows})
+    query_image = (ds.test.img_items or ("",))[0]
+    txt_hits = Retriever(run, txt_bundle).search_images([query_image], k=K, metric="cosine")[0]
+    truth = captions_of.get(query_image, [""])[0]
+    log.info(f"   image -> text: {Path(query_image).name} (its caption: {truth})")
+    for h in txt_hits:
+        log.info(f"     {h.rank}. {h.score:+.3f}  {h.item}")
+    hits = [{"rank": h.rank, "score": h.score, "text": h.item} for h in txt_hits]
+    return text_queries, {"image": query_image, "caption": truth, "hits": hits}
+
+
+def _test_map(
+    run: Any, ds: FeatureDataset, img_bundle: Any, *, bits: int
+) -> tuple[dict[str, float], dict[str, float], float]:
+    """Step 5: test mAP both ways, float (cosine) and Hamming on the image bundle's codes, and the chance level."""
+    from dscmr.eval.metrics import cross_modal_map
+    from dscmr.indexing.hashing import hamming_codes
+    from dscmr.train import encode_split
+
+    u, v = encode_split(run.model, ds.test)
+    map_float = cross_modal_map(u, v, ds.test.labels)
+    assert img_bundle.hasher is not None
+    bu, bv = (hamming_codes(img_bundle.hasher, x.numpy()) for x in (u, v))  # (n, bits) +-1
+    map_ham = cross_modal_map(bu, bv, ds.test.labels, metric="hamming")
+    chance = chance_map(ds.test.labels)
+    log.info(
+        f"5. test mAP   float: img->txt {map_float['img2txt']:.4f}  txt->img {map_float['txt2img']:.4f}  "
+        f"avg {map_float['avg']:.4f}"
+    )
+    log.info(
+        f"              {bits}-bit Hamming: img->txt {map_ham['img2txt']:.4f}  "
+        f"txt->img {map_ham['txt2img']:.4f}  avg {map_ham['avg']:.4f}"
+    )
+    log.info(f"              (a random ranking scores about {chance:.4f}: the share of relevant pairs)")
+    return map_float, map_ham, chance
+
+
 def chance_map(labels: np.ndarray) -> float:
     """Expected mAP of a random ranking, about the mean share of database items relevant to a query."""
     lab = np.asarray(labels, dtype=np.float32)
@@ -275,7 +311,13 @@ def next_steps(run_dir: Path, out: Path, *, dataset: str) -> list[str]:
         f"dscmr eval runs/{dataset}",
         f"dscmr index build --run runs/{dataset} --modality image --out bundles/{dataset}-img --binary itq",
         "dscmr train --config configs/folder_example.toml --data-root path/to/your/folder   # your own data",
+        serve_command(run_dir, out),
     ]
+
+
+def serve_command(run_dir: Path, out: Path) -> str:
+    """The ``dscmr serve`` command for the demo's bundles (its search page is at http://127.0.0.1:8080/)."""
+    return f"dscmr serve --run {run_dir} --index {out / 'bundles' / 'images'} --index {out / 'bundles' / 'texts'}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,4 +29,12 @@ class IndexBundleError(DscmrError):
 
 
 class QueryError(DscmrError):
-    """A query is empty, unreadable or otherwise unusable."""
+    """A search query is empty, unreadable or otherwise unusable (an unknown id, a raw query for a feature run)."""
+
+
+class UsageError(DscmrError):
+    """A command argument or API option is invalid: out of range, malformed, unknown, or in conflict with another.
+
+    Examples: ``--n 0`` on a benchmark, ``--modality audio``, an unknown hash method in a build spec,
+    ``--no-float`` without ``--binary``.
+    """

@@ -13,9 +13,19 @@ from dscmr.indexing.build import BuildSpec, add_to_bundle, build_bundle
 from dscmr.indexing.bundle import FORMAT_VERSION, IndexBundle, ItemRecord, load_bundle
 from dscmr.indexing.float_index import FloatIndex
 from dscmr.indexing.from_run import add_from_run, build_from_run
-from dscmr.indexing.hashing import HASH_METHODS, LinearHasher, fit_hasher, fit_itq, fit_sign, pack_codes, unpack_codes
+from dscmr.indexing.hashing import (
+    HASH_METHODS,
+    LinearHasher,
+    fit_hasher,
+    fit_itq,
+    fit_sign,
+    hamming_codes,
+    pack_codes,
+    unpack_codes,
+)
 from dscmr.indexing.hybrid import hybrid_search, rerank
-from dscmr.indexing.retriever import METRICS, Hit, Retriever, query_features
+from dscmr.indexing.manifest import Manifest
+from dscmr.indexing.retriever import METRICS, Hit, Query, Retriever, SearchResult, query_features
 
 __all__ = [
     "FORMAT_VERSION",
@@ -28,7 +38,10 @@ __all__ = [
     "IndexBundle",
     "ItemRecord",
     "LinearHasher",
+    "Manifest",
+    "Query",
     "Retriever",
+    "SearchResult",
     "add_from_run",
     "add_to_bundle",
     "build_bundle",
@@ -36,6 +49,7 @@ __all__ = [
     "fit_hasher",
     "fit_itq",
     "fit_sign",
+    "hamming_codes",
     "hybrid_search",
     "load_bundle",
     "pack_codes",

@@ -59,10 +59,30 @@ def check_bits(bits: int) -> int:
 
 
 def check_k(k: int) -> int:
-    """Check a result count."""
+    """Check a result count: a positive whole number (of any size; searches cap it at the index size).
+
+    Raises:
+        QueryError: Not a whole number, or not positive.
+    """
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise QueryError(f"k must be a whole number of results, got {k!r}")
     if k <= 0:
         raise QueryError(f"k must be a positive number of results, got {k}")
-    return k
+    return int(k)
+
+
+def parse_k(text: str | int) -> int:
+    """A result count from a command-line string (``"10"``); ``"1e30"``, ``"2.5"`` or ``"ten"`` are refused.
+
+    Raises:
+        QueryError: Not a positive whole number.
+    """
+    if isinstance(text, str):
+        t = text.strip()
+        if not t.lstrip("+-").isdigit() or not t.isascii():
+            raise QueryError(f"k must be a whole number of results, got {text!r}")
+        return check_k(int(t))
+    return check_k(text)
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from dscmr.errors import ConfigError, QueryError
 from dscmr.indexing.arrays import as_codes, check_bits, check_k, sort_by_distance_then_id
-from dscmr.indexing.float_index import _read
+from dscmr.indexing.float_index import _read, read_maybe_mapped
 
 DEFAULT_BINARY_FACTORY = "BFlat"
 
@@ -49,6 +49,7 @@ class BinaryIndex:
             index.use_heap = False
         self.index = index
         self.params: dict[str, float] = {}
+        self.mapped_from: Path | None = None  # the file this index is memory-mapped from (read-only), if any
 
     @property
     def ntotal(self) -> int:
@@ -77,6 +78,12 @@ class BinaryIndex:
     def add(self, codes: np.ndarray) -> None:
         """Add packed codes ``(n, B / 8)``; ids continue from ``ntotal``."""
         codes = as_codes(codes, bits=self.bits, what="database codes")
+        if self.mapped_from is not None:  # a memory-mapped index is read-only: read it into RAM first
+            index = _read(self.mapped_from, faiss.read_index_binary)
+            if hasattr(index, "use_heap"):
+                index.use_heap = False
+            self.index, self.mapped_from = index, None
+            self.set_params(**self.params)
         if not self.index.is_trained:
             raise QueryError(f"the {self.factory!r} index must be trained before adding codes; call train()")
         self.index.add(codes)
@@ -124,11 +131,17 @@ class BinaryIndex:
         faiss.write_index_binary(self.index, str(path))
 
     @classmethod
-    def load(cls, path: str | Path, *, factory: str, bits: int) -> BinaryIndex:
-        """Read an index written by :meth:`save` (IndexBundleError when missing, truncated or of other width)."""
+    def load(cls, path: str | Path, *, factory: str, bits: int, mmap: bool = False) -> BinaryIndex:
+        """Read an index written by :meth:`save` (IndexBundleError when missing, truncated or of other width).
+
+        With ``mmap`` the codes are memory-mapped read-only where FAISS supports it (``BFlat``, ``BIVF``); a mapped
+        index is read into RAM again by :meth:`add`.
+        """
         from dscmr.errors import IndexBundleError
 
-        index = _read(path, faiss.read_index_binary)
+        index, mapped = read_maybe_mapped(path, faiss.read_index_binary, mmap=mmap)
         if index.d != bits:
             raise IndexBundleError(f"{path}: binary index has {index.d} bits, the manifest says {bits}; rebuild")
-        return cls(bits, factory, index=index)
+        out = cls(bits, factory, index=index)
+        out.mapped_from = Path(path) if mapped else None
+        return out

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dscmr.errors import IndexBundleError, QueryError
+from dscmr.errors import DataError, IndexBundleError, UsageError
 from dscmr.indexing.arrays import as_float_matrix, check_bits, l2_normalize
 from dscmr.indexing.binary_index import DEFAULT_BINARY_FACTORY, BinaryIndex
-from dscmr.indexing.bundle import (
+from dscmr.indexing.bundle import IndexBundle, finish_manifest, load_bundle, now, write_items, write_vectors
+from dscmr.indexing.float_index import DEFAULT_FACTORY, FloatIndex
+from dscmr.indexing.hashing import HASH_METHODS, LinearHasher, fit_hasher
+from dscmr.indexing.manifest import (
     BINARY_FILE,
     FLOAT_FILE,
-    FORMAT,
-    FORMAT_VERSION,
     HASHER_FILE,
     ITEMS_FILE,
     MODALITIES,
     VECTORS_FILE,
-    IndexBundle,
-    _now,
-    finish_manifest,
-    load_bundle,
-    staging_dir,
-    write_items,
-    write_vectors,
+    BinaryEntry,
+    FloatEntry,
+    Manifest,
+    RunInfo,
+    Source,
 )
-from dscmr.indexing.float_index import DEFAULT_FACTORY, FloatIndex
-from dscmr.indexing.hashing import HASH_METHODS, LinearHasher, fit_hasher
+from dscmr.indexing.swap import staging_dir, writer_lock
 
 # progress(stage, done, total); the CLI draws it as a bar.
 BuildProgress = Callable[[str, int, int], None]
@@ -61,15 +60,132 @@ class BuildSpec:
 
     def __post_init__(self) -> None:
         if self.float_factory is None and self.binary is None:
-            raise QueryError("a bundle needs a float index (--float FACTORY) or a binary one (--binary METHOD)")
+            raise UsageError("a bundle needs a float index (--float FACTORY) or a binary one (--binary METHOD)")
         if self.binary is not None:
             if self.binary not in HASH_METHODS:
-                raise QueryError(f"unknown hash method {self.binary!r}; use one of {', '.join(HASH_METHODS)}")
+                raise UsageError(f"unknown hash method {self.binary!r}; use one of {', '.join(HASH_METHODS)}")
             check_bits(self.bits)
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        float_factory: str | None = None,
+        no_float: bool = False,
+        binary: str | None = None,
+        bits: int | None = None,
+        binary_factory: str = DEFAULT_BINARY_FACTORY,
+        no_vectors: bool = False,
+        ef_search: int | None = None,
+        nprobe: int | None = None,
+        seed: int = 0,
+        learned_bits: int = 0,
+    ) -> BuildSpec:
+        """The spec of ``dscmr index build``'s options.
+
+        Args:
+            float_factory: ``--float`` (default ``Flat``); ignored with ``no_float``.
+            no_float: ``--no-float``: a binary index only (needs ``binary``).
+            binary: ``--binary`` hash method.
+            bits: ``--bits`` (default: the run's hash width for ``learned``, else 64).
+            binary_factory: ``--binary-factory``.
+            no_vectors: ``--no-vectors``.
+            ef_search: ``--ef-search`` stored with the float index.
+            nprobe: ``--nprobe`` stored with the float index.
+            seed: ``--seed``.
+            learned_bits: The run's hash layer width (0: none).
+
+        Raises:
+            UsageError: ``no_float`` without ``binary``, or an invalid method or code length.
+        """
+        if no_float and binary is None:
+            raise UsageError("--no-float needs --binary METHOD")
+        if bits is None:
+            bits = learned_bits if binary == "learned" and learned_bits else 64
+        params = tuple((k, float(v)) for k, v in (("efSearch", ef_search), ("nprobe", nprobe)) if v is not None)
+        return cls(
+            float_factory=None if no_float else (float_factory or DEFAULT_FACTORY),
+            binary=binary,
+            bits=bits,
+            binary_factory=binary_factory,
+            seed=seed,
+            float_params=params,
+            keep_vectors=not no_vectors,
+        )
 
 
 def _noop(stage: str, done: int, total: int) -> None:
     return None
+
+
+def _check_items(embeddings: np.ndarray, *, modality: str, items: list[str], labels: np.ndarray | None) -> np.ndarray:
+    """The item embeddings as float32 ``(n, d)``, with one item string (and label row) per row."""
+    if modality not in MODALITIES:
+        raise UsageError(f"modality must be image or text, got {modality!r}")
+    xb = as_float_matrix(embeddings, what="item embeddings")
+    n = xb.shape[0]
+    if n == 0:
+        raise DataError("nothing to index: the split has no items")
+    if len(items) != n or (labels is not None and labels.shape[0] != n):
+        raise UsageError(f"{n} embeddings but {len(items)} items / labels; they must match row for row")
+    return xb
+
+
+def _write_float(tmp: Path, xb: np.ndarray, spec: BuildSpec, progress: BuildProgress) -> FloatEntry | None:
+    """Train and fill the float index; write ``float.faiss``."""
+    if spec.float_factory is None:
+        return None
+    fi = FloatIndex(xb.shape[1], spec.float_factory)
+    if not fi.is_trained:
+        progress(f"train {spec.float_factory}", 0, 1)
+        used = fi.train(xb, seed=spec.seed)
+        progress(f"train {spec.float_factory} ({used} vectors)", 1, 1)
+    fi.add(xb, progress=lambda done, total: progress(f"add {spec.float_factory}", done, total))
+    if spec.float_params:
+        fi.set_params(**dict(spec.float_params))
+    fi.save(tmp / FLOAT_FILE)
+    return FloatEntry(factory=fi.factory, ntotal=fi.ntotal, params=dict(fi.params))
+
+
+def _hasher(
+    spec: BuildSpec,
+    xb: np.ndarray,
+    *,
+    hash_train: np.ndarray | None,
+    learned: LinearHasher | None,
+    progress: BuildProgress,
+) -> LinearHasher:
+    """The run's learned hash layer, or a ``sign`` / ``itq`` hasher fitted on ``hash_train``."""
+    assert spec.binary is not None
+    if spec.binary == "learned":
+        if learned is None:
+            raise UsageError("learned codes need the run's hash layer; train with model.hash_bits > 0")
+        if learned.bits != spec.bits:
+            raise UsageError(f"the run's hash layer has {learned.bits} bits, not {spec.bits}; pass --bits")
+        return learned
+    progress(f"fit {spec.binary} hash", 0, 1)
+    hasher = fit_hasher(spec.binary, xb if hash_train is None else hash_train, spec.bits, seed=spec.seed)
+    progress(f"fit {spec.binary} hash", 1, 1)
+    return hasher
+
+
+def _write_binary(
+    tmp: Path, xb: np.ndarray, hasher: LinearHasher, spec: BuildSpec, progress: BuildProgress
+) -> BinaryEntry:
+    """Hash the items and fill the binary index; write ``binary.faiss`` and ``hasher.npz``."""
+    assert spec.binary is not None
+    codes = hasher.encode(xb)
+    bi = BinaryIndex(spec.bits, spec.binary_factory)
+    bi.train(codes, seed=spec.seed)
+    bi.add(codes)
+    progress(f"add {spec.binary_factory}", xb.shape[0], xb.shape[0])
+    bi.save(tmp / BINARY_FILE)
+    hasher.save(tmp / HASHER_FILE)
+    return BinaryEntry(method=spec.binary, bits=spec.bits, factory=spec.binary_factory)
+
+
+def _metrics(flt: FloatEntry | None, binary: BinaryEntry | None, vectors: bool) -> tuple[str, ...]:
+    return (("cosine",) if flt else ()) + (("hamming",) if binary else ()) + (("hybrid",) if vectors else ())
 
 
 def build_bundle(
@@ -79,7 +195,7 @@ def build_bundle(
     modality: str,
     items: list[str],
     kind: str,
-    run_info: dict[str, Any],
+    run_info: RunInfo | dict[str, Any],
     spec: BuildSpec,
     labels: np.ndarray | None = None,
     source: dict[str, Any] | None = None,
@@ -87,8 +203,9 @@ def build_bundle(
     learned: LinearHasher | None = None,
     classes: list[str] | None = None,
     progress: BuildProgress | None = None,
+    verify: bool = False,
 ) -> IndexBundle:
-    """Build a bundle at ``out`` (atomically replacing a bundle already there).
+    """Build a bundle at ``out`` (atomically replacing a bundle already there, under its writer lock).
 
     Args:
         out: Bundle folder.
@@ -104,81 +221,46 @@ def build_bundle(
         learned: The run's hash layer, for ``spec.binary == "learned"``.
         classes: Class names, when known.
         progress: ``(stage, done, total)`` callback.
+        verify: Check every written file's SHA-256 when loading the result.
     """
     progress = progress or _noop
-    if modality not in MODALITIES:
-        raise QueryError(f"modality must be image or text, got {modality!r}")
-    if "checkpoint_sha256" not in run_info:
-        raise IndexBundleError("run_info needs the checkpoint_sha256 of the model that encoded the items")
-    xb = as_float_matrix(embeddings, what="item embeddings")
-    n, d = xb.shape
-    if n == 0:
-        raise QueryError("nothing to index: the split has no items")
-    if len(items) != n or (labels is not None and labels.shape[0] != n):
-        raise QueryError(f"{n} embeddings but {len(items)} items / labels; they must match row for row")
-    manifest: dict[str, Any] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": _now(),
-        "run": run_info,
-        "modality": modality,
-        "dim": d,
-        "count": n,
-        "metrics": [],
-        "float": None,
-        "binary": None,
-        "vectors": None,
-        "items": {"file": ITEMS_FILE, "kind": kind},
-        "classes": classes,
-        "sources": [{**(source or {}), "first_id": 0, "count": n}],
-    }
-    with staging_dir(Path(out)) as tmp:
-        if spec.float_factory is not None:
-            fi = FloatIndex(d, spec.float_factory)
-            if not fi.is_trained:
-                progress(f"train {spec.float_factory}", 0, 1)
-                used = fi.train(xb, seed=spec.seed)
-                progress(f"train {spec.float_factory} ({used} vectors)", 1, 1)
-            fi.add(xb, progress=lambda done, total: progress(f"add {spec.float_factory}", done, total))
-            if spec.float_params:
-                fi.set_params(**dict(spec.float_params))
-            fi.save(tmp / FLOAT_FILE)
-            manifest["float"] = {"file": FLOAT_FILE, **fi.describe()}
-            manifest["metrics"].append("cosine")
+    xb = _check_items(embeddings, modality=modality, items=items, labels=labels)
+    run = _run_info(run_info)
+    with writer_lock(Path(out)), staging_dir(Path(out)) as tmp:
+        flt = _write_float(tmp, xb, spec, progress)
+        binary = vectors = None
         if spec.binary is not None:
-            if spec.binary == "learned":
-                if learned is None:
-                    raise QueryError("learned codes need the run's hash layer; train with model.hash_bits > 0")
-                hasher = learned
-                if hasher.bits != spec.bits:
-                    raise QueryError(f"the run's hash layer has {hasher.bits} bits, not {spec.bits}; pass --bits")
-            else:
-                progress(f"fit {spec.binary} hash", 0, 1)
-                hasher = fit_hasher(spec.binary, xb if hash_train is None else hash_train, spec.bits, seed=spec.seed)
-                progress(f"fit {spec.binary} hash", 1, 1)
-            codes = hasher.encode(xb)
-            bi = BinaryIndex(spec.bits, spec.binary_factory)
-            bi.train(codes, seed=spec.seed)
-            bi.add(codes)
-            progress(f"add {spec.binary_factory}", n, n)
-            bi.save(tmp / BINARY_FILE)
-            hasher.save(tmp / HASHER_FILE)
-            manifest["binary"] = {
-                "method": spec.binary,
-                "bits": spec.bits,
-                "factory": spec.binary_factory,
-                "metric": "hamming",
-                "file": BINARY_FILE,
-                "hasher": HASHER_FILE,
-            }
-            manifest["metrics"].append("hamming")
+            hasher = _hasher(spec, xb, hash_train=hash_train, learned=learned, progress=progress)
+            binary = _write_binary(tmp, xb, hasher, spec, progress)
             if spec.keep_vectors:
                 write_vectors(tmp / VECTORS_FILE, None, l2_normalize(xb))
-                manifest["vectors"] = {"file": VECTORS_FILE, "normalized": True}
-                manifest["metrics"].append("hybrid")
+                vectors = True
         write_items(tmp / ITEMS_FILE, list(items), kind=kind, labels=labels, source=0)
+        manifest = Manifest(
+            run=run,
+            modality=modality,
+            dim=xb.shape[1],
+            count=xb.shape[0],
+            item_kind=kind,
+            files={},
+            created=now(),
+            metrics=_metrics(flt, binary, bool(vectors)),
+            float=flt,
+            binary=binary,
+            vectors_normalized=vectors,
+            classes=tuple(classes) if classes is not None else None,
+            sources=(Source.from_description(source, first_id=0, count=xb.shape[0]),),
+        )
         finish_manifest(tmp, manifest)
-    return load_bundle(out)
+    return load_bundle(out, verify=verify)
+
+
+def _run_info(run_info: RunInfo | dict[str, Any]) -> RunInfo:
+    if isinstance(run_info, RunInfo):
+        return run_info
+    if "checkpoint_sha256" not in run_info:
+        raise IndexBundleError("run_info needs the checkpoint_sha256 of the model that encoded the items")
+    return RunInfo.from_dict(run_info)
 
 
 def add_to_bundle(
@@ -190,8 +272,15 @@ def add_to_bundle(
     labels: np.ndarray | None = None,
     source: dict[str, Any] | None = None,
     progress: BuildProgress | None = None,
+    verify: bool = False,
 ) -> IndexBundle:
     """Append items to an existing bundle without retraining its indexes or hasher (atomic, like a build).
+
+    The bundle's writer lock is held from reading the old bundle to swapping in the new one, so concurrent adds
+    run one after the other and each one's items are kept.
+
+    Args:
+        verify: Check every file's SHA-256 of the bundle before extending it.
 
     Raises:
         IndexBundleError: The bundle is missing, was built by another model, already holds this source, or its
@@ -199,46 +288,63 @@ def add_to_bundle(
     """
     progress = progress or _noop
     path = Path(path)
-    old = load_bundle(path, checkpoint_sha256=checkpoint_sha256)
-    xb = as_float_matrix(embeddings, d=old.dim, what="item embeddings")
-    n_new, first = xb.shape[0], old.count
-    if n_new == 0 or len(items) != n_new:
-        raise QueryError(f"{n_new} embeddings but {len(items)} items; they must match row for row and be non-empty")
-    manifest = dict(old.manifest)
-    sources = list(manifest.get("sources", []))
-    if source is not None:
-        key = {k: v for k, v in source.items() if k not in ("first_id", "count")}
-        for s in sources:
-            if {k: v for k, v in s.items() if k not in ("first_id", "count")} == key:
-                split = key.get("split", "?")
-                raise IndexBundleError(f"{path} already holds these items (split {split}); nothing was added")
-    sources.append({**(source or {}), "first_id": first, "count": n_new})
-    with staging_dir(path) as tmp:
-        if old.float_index is not None:
-            old.float_index.add(xb, progress=lambda done, total: progress("add float", done, total))
-            old.float_index.save(tmp / FLOAT_FILE)
-        if old.binary_index is not None and old.hasher is not None:
-            old.binary_index.add(old.hasher.encode(xb))
-            old.binary_index.save(tmp / BINARY_FILE)
-            old.hasher.save(tmp / HASHER_FILE)
-        if old.vectors is not None:
-            write_vectors(tmp / VECTORS_FILE, old.vectors, l2_normalize(xb))
-        progress("add", n_new, n_new)
-        import shutil
+    with writer_lock(path):
+        old = load_bundle(path, checkpoint_sha256=checkpoint_sha256, verify=verify)
+        try:
+            xb = as_float_matrix(embeddings, d=old.dim, what="item embeddings")
+            manifest = _extended_manifest(old, xb.shape[0], items=items, source=source)
+            with staging_dir(path) as tmp:
+                _append_files(tmp, old, xb, items=items, labels=labels, progress=progress, manifest=manifest)
+                finish_manifest(tmp, manifest)
+        finally:
+            old.close()
+        return load_bundle(path)
 
-        shutil.copyfile(path / ITEMS_FILE, tmp / ITEMS_FILE)
-        write_items(
-            tmp / ITEMS_FILE,
-            list(items),
-            kind=manifest["items"]["kind"],
-            labels=labels,
-            source=len(sources) - 1,
-            first_id=first,
-        )
-        manifest.update(count=first + n_new, sources=sources)
-        old.close()
-        finish_manifest(tmp, manifest)
-    return load_bundle(path)
+
+def _extended_manifest(old: IndexBundle, n_new: int, *, items: list[str], source: dict[str, Any] | None) -> Manifest:
+    """The manifest after appending ``n_new`` items; refuses a source the bundle already holds."""
+    first = old.count
+    if n_new == 0 or len(items) != n_new:
+        raise UsageError(f"{n_new} embeddings but {len(items)} items; they must match row for row and be non-empty")
+    m = old.manifest
+    if source is not None and m.source_index(source) is not None:
+        split = source.get("split", "?")
+        raise IndexBundleError(f"{old.path} already holds these items (split {split}); nothing was added")
+    added = Source.from_description(source, first_id=first, count=n_new)
+    flt = replace(m.float, ntotal=first + n_new) if m.float is not None else None
+    return replace(m, count=first + n_new, sources=(*m.sources, added), float=flt)
+
+
+def _append_files(
+    tmp: Path,
+    old: IndexBundle,
+    xb: np.ndarray,
+    *,
+    items: list[str],
+    labels: np.ndarray | None,
+    progress: BuildProgress,
+    manifest: Manifest,
+) -> None:
+    """Write the old bundle's files plus ``xb`` into ``tmp``."""
+    if old.float_index is not None:
+        old.float_index.add(xb, progress=lambda done, total: progress("add float", done, total))
+        old.float_index.save(tmp / FLOAT_FILE)
+    if old.binary_index is not None and old.hasher is not None:
+        old.binary_index.add(old.hasher.encode(xb))
+        old.binary_index.save(tmp / BINARY_FILE)
+        old.hasher.save(tmp / HASHER_FILE)
+    if old.vectors is not None:
+        write_vectors(tmp / VECTORS_FILE, old.vectors, l2_normalize(xb))
+    progress("add", xb.shape[0], xb.shape[0])
+    shutil.copyfile((old.folder or old.path) / ITEMS_FILE, tmp / ITEMS_FILE)
+    write_items(
+        tmp / ITEMS_FILE,
+        list(items),
+        kind=manifest.item_kind,
+        labels=labels,
+        source=len(manifest.sources) - 1,
+        first_id=old.count,
+    )
 
 
 __all__ = ["BuildSpec", "add_to_bundle", "build_bundle"]

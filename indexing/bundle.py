@@ -4,29 +4,35 @@ Layout::
 
     BUNDLE/
       manifest.json   format version, source run (+ checkpoint SHA-256), modality, dim, count, indexes, files
+                      (typed and schema-checked by :class:`dscmr.indexing.manifest.Manifest`)
       float.faiss     the float index (faiss.write_index), when built
       binary.faiss    the binary index (faiss.write_index_binary), when built
       hasher.npz      the code projection (sign / itq / learned), with the binary index
       vectors.npy     L2-normalised float vectors for hybrid re-ranking, with the binary index
       items.sqlite    id -> item (path, text or dataset id), labels, source
 
-Writes are atomic at the folder level: a bundle is built (or extended) in a hidden temporary folder beside the
-target, every file is fsynced, then the folder is renamed into place. An existing bundle is replaced by renaming
-it to a backup, renaming the new folder to the target and deleting the backup; an interrupted swap is rolled back
-the next time the path is built or loaded. A crash or a kill therefore never leaves a half bundle at the target,
-and never damages the previous one.
+Writes are atomic at the folder level (:mod:`dscmr.indexing.swap`): a bundle is built (or extended) in a hidden
+temporary folder beside the target, every file is fsynced, then the folder is renamed into place. An existing
+bundle is replaced by renaming it to a backup, renaming the new folder to the target and deleting the backup; an
+interrupted swap is rolled back the next time the path is built, or loaded while no writer is alive. A crash or a
+kill therefore never leaves a half bundle at the target, and never damages the previous one. Writers of one
+bundle hold its lock file (``.BUNDLE.lock`` beside it) across read-modify-swap, so they serialise.
+
+What loading checks:
+
+- always: the manifest's schema and version; that every file it names is a plain name inside the bundle (no
+  ``..``, no absolute path, no symlink out); each file's presence and size; that each FAISS index, the hasher,
+  the vectors and the items table read and hold ``count`` items of ``dim`` dimensions; the querying model;
+- with ``verify=True`` (``--verify``) also every file's SHA-256 against the manifest, which catches content
+  changed at the same size (an edited ``items.sqlite``, zeroed vectors, a wrong hash in the manifest).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import sqlite3
-import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,17 +43,24 @@ from dscmr.errors import IndexBundleError
 from dscmr.indexing.binary_index import BinaryIndex
 from dscmr.indexing.float_index import FloatIndex
 from dscmr.indexing.hashing import LinearHasher
+from dscmr.indexing.manifest import (
+    BINARY_FILE,
+    BUNDLE_FILES,
+    FLOAT_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    HASHER_FILE,
+    ITEMS_FILE,
+    MANIFEST,
+    MODALITIES,
+    VECTORS_FILE,
+    FileEntry,
+    Manifest,
+    bundle_file,
+    read_manifest,
+)
+from dscmr.indexing.swap import last_complete, lock_path, probe_writer, recover, staging_dir
 from dscmr.utils.io import atomic_write_json, file_sha256
-
-FORMAT = "dscmr-index-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-FLOAT_FILE = "float.faiss"
-BINARY_FILE = "binary.faiss"
-HASHER_FILE = "hasher.npz"
-VECTORS_FILE = "vectors.npy"
-ITEMS_FILE = "items.sqlite"
-MODALITIES = ("image", "text")
 
 _SCHEMA = """
 CREATE TABLE items (
@@ -72,27 +85,35 @@ class ItemRecord:
 
 @dataclass
 class IndexBundle:
-    """A loaded bundle: manifest, indexes, hasher, memory-mapped vectors and the items table."""
+    """A loaded bundle: manifest, indexes, hasher, memory-mapped vectors and the items table.
+
+    Attributes:
+        path: The bundle folder.
+        manifest: Its typed manifest.
+        folder: Where the files were read: ``path``, or the previous version's backup when a writer was between
+            its two renames at load time.
+    """
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     float_index: FloatIndex | None = None
     binary_index: BinaryIndex | None = None
     hasher: LinearHasher | None = None
     vectors: np.ndarray | None = None
+    folder: Path | None = None
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
 
     @property
     def modality(self) -> str:
-        return str(self.manifest["modality"])
+        return self.manifest.modality
 
     @property
     def dim(self) -> int:
-        return int(self.manifest["dim"])
+        return self.manifest.dim
 
     @property
     def count(self) -> int:
-        return int(self.manifest["count"])
+        return self.manifest.count
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -105,6 +126,25 @@ class IndexBundle:
             if self.vectors is not None:
                 out.append("hybrid")
         return tuple(out)
+
+    def shortlist_for(self, k: int) -> int:
+        """The default hybrid shortlist k' for ``k`` results (the manifest's, or the computed rule)."""
+        return self.manifest.search_defaults().shortlist_for(k, self.count)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``dscmr index build/add --json`` prints: path, modality, size, indexes and total bytes."""
+        m = self.manifest
+        binary = m.binary
+        return {
+            "bundle": str(self.path),
+            "modality": m.modality,
+            "count": m.count,
+            "dim": m.dim,
+            "metrics": list(self.metrics),
+            "float": m.float.factory if m.float else None,
+            "binary": {"method": binary.method, "bits": binary.bits, "factory": binary.factory} if binary else None,
+            "bytes": m.bytes,
+        }
 
     def items(self, ids: np.ndarray | list[int]) -> list[ItemRecord | None]:
         """Records of ``ids`` (None for -1 or unknown ids), in order."""
@@ -128,7 +168,7 @@ class IndexBundle:
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            uri = f"file:{self.path / ITEMS_FILE}?mode=ro"
+            uri = f"file:{(self.folder or self.path) / ITEMS_FILE}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False)
         return self._conn
 
@@ -136,91 +176,6 @@ class IndexBundle:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Atomic folder writes
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.iterdir():
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    with contextlib.suppress(OSError):  # directories cannot be opened for fsync on every platform
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def recover(target: Path) -> None:
-    """Undo what an interrupted build left beside ``target``: restore a backup whose swap did not finish, and
-    delete temporary folders of builds that are no longer running."""
-    parent = target.parent
-    if not parent.is_dir():
-        return
-    backups = sorted(parent.glob(f".{target.name}.old-*"))
-    if backups and not target.exists():
-        os.rename(backups[-1], target)
-        backups = backups[:-1]
-    for stale in backups:
-        shutil.rmtree(stale, ignore_errors=True)
-    for tmp in parent.glob(f".{target.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 2)[-2] if tmp.name.count("-") >= 2 else ""
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def staging_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty hidden folder beside ``target``; on success swap it into place, on failure delete it.
-
-    Raises:
-        IndexBundleError: ``target`` exists and is not an index bundle (it is never overwritten).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    recover(target)
-    if target.exists() and not (target / MANIFEST).is_file():
-        raise IndexBundleError(f"{target} exists and is not an index bundle; choose another --out or remove it")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a bundle gets the usual folder permissions
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if target.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.rmdir(backup)
-            os.rename(target, backup)
-            try:
-                os.rename(tmp, target)
-            except BaseException:
-                os.rename(backup, target)
-                raise
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,52 +213,33 @@ def write_vectors(path: Path, old: np.ndarray | None, new: np.ndarray, *, chunk:
     del out
 
 
-def file_entries(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+def now() -> str:
+    """The current UTC time as the manifest writes it."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def file_entries(folder: Path, names: list[str]) -> dict[str, FileEntry]:
     """Size and SHA-256 of each bundle file, for the manifest."""
-    return {n: {"bytes": (folder / n).stat().st_size, "sha256": file_sha256(folder / n)} for n in names}
+    return {n: FileEntry(bytes=(folder / n).stat().st_size, sha256=file_sha256(folder / n)) for n in names}
 
 
-def finish_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Record file sizes and hashes and write ``manifest.json``."""
-    names = [n for n in (FLOAT_FILE, BINARY_FILE, HASHER_FILE, VECTORS_FILE, ITEMS_FILE) if (folder / n).exists()]
-    manifest["files"] = file_entries(folder, names)
-    manifest["updated"] = _now()
-    atomic_write_json(folder / MANIFEST, manifest)
-    return manifest
+def finish_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Record file sizes and hashes, size the search defaults from the count, and write ``manifest.json``."""
+    names = [n for n in BUNDLE_FILES if (folder / n).exists()]
+    done = replace(manifest.with_search_defaults(), files=file_entries(folder, names), updated=now())
+    atomic_write_json(folder / MANIFEST, done.to_dict())
+    return done
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loading
 
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json``'s format and version."""
-    mpath = path / MANIFEST
-    if not path.is_dir():
-        raise IndexBundleError(f"index bundle not found: {path}; build it with `dscmr index build --out {path}`")
-    if not mpath.is_file():
-        raise IndexBundleError(f"{path} is not an index bundle ({MANIFEST} is missing); rebuild it")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise IndexBundleError(f"{mpath} is corrupt ({exc}); rebuild the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexBundleError(f"{mpath} is not a {FORMAT} manifest; rebuild the bundle")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IndexBundleError(
-            f"{path} has bundle format version {version}, this dscmr reads version {FORMAT_VERSION}; "
-            "rebuild it with this version's `dscmr index build`"
-        )
-    for key in ("modality", "dim", "count", "run", "files"):
-        if key not in manifest:
-            raise IndexBundleError(f"{mpath} lacks {key!r}; rebuild the bundle")
-    return manifest
+_READ_ATTEMPTS = 10  # while a writer is alive, a read that raced its swap is retried this many times
 
 
-def check_run(manifest: dict[str, Any], checkpoint_sha256: str, *, path: Path) -> None:
+def check_run(manifest: Manifest, checkpoint_sha256: str, *, path: Path) -> None:
     """The bundle must have been built with the model that will encode the queries."""
-    built = manifest["run"].get("checkpoint_sha256")
+    built = manifest.run.checkpoint_sha256
     if built != checkpoint_sha256:
         raise IndexBundleError(
             f"{path} was built with another model (checkpoint {str(built)[:12]}..., this run's is "
@@ -316,62 +252,131 @@ def load_bundle(
 ) -> IndexBundle:
     """Load a bundle and check it against its manifest.
 
+    When no writer holds the bundle's lock, an interrupted swap is rolled back first (:func:`recover`). While a
+    writer is alive nothing is renamed: the last complete version is read, and read again if the writer's swap
+    replaced it meanwhile.
+
     Args:
         path: Bundle folder.
         checkpoint_sha256: When given, the SHA-256 of the querying run's weights; it must match the manifest.
         verify: Also check every file's SHA-256 (reads everything once).
-        mmap: Memory-map the float vectors instead of reading them.
+        mmap: Memory-map the FAISS indexes (where FAISS can map the index type: Flat, IVF, BFlat, BIVF) and the
+            float vectors read-only instead of reading them into RAM. A writer replaces files by rename, so a
+            mapped file stays valid for this reader after a swap.
 
     Raises:
         IndexBundleError: Missing or corrupt files, a format version, model, dimension or item-count mismatch.
     """
     path = Path(path)
-    recover(path)
-    manifest = read_manifest(path)
-    if checkpoint_sha256 is not None:
-        check_run(manifest, checkpoint_sha256, path=path)
-    for name, entry in manifest["files"].items():
-        fpath = path / name
+    for attempt in range(_READ_ATTEMPTS):
+        with probe_writer(path) as no_writer:
+            if no_writer:
+                recover(path)
+                return _load(path, path, checkpoint_sha256=checkpoint_sha256, verify=verify, mmap=mmap)
+        folder = last_complete(path)
+        try:
+            bundle = _load(path, folder, checkpoint_sha256=checkpoint_sha256, verify=verify, mmap=mmap)
+            if _unchanged(folder, bundle.manifest):
+                return bundle
+            bundle.close()
+        except (IndexBundleError, OSError):
+            if attempt == _READ_ATTEMPTS - 1:
+                raise
+        time.sleep(0.05 * (attempt + 1))
+    raise IndexBundleError(f"{path} kept changing while it was read (a writer is busy with it); try again")
+
+
+def peek_manifest(path: str | Path) -> Manifest:
+    """The manifest of the last complete version of a bundle, without loading its indexes or renaming anything.
+
+    Raises:
+        IndexBundleError: No bundle there, or its manifest fails the schema.
+    """
+    path = Path(path)
+    for attempt in range(_READ_ATTEMPTS):
+        try:
+            return read_manifest(last_complete(path))
+        except IndexBundleError:
+            if attempt == _READ_ATTEMPTS - 1 or not (path.parent.is_dir() and lock_path(path).exists()):
+                return read_manifest(path)  # the error about ``path`` itself
+        time.sleep(0.05 * (attempt + 1))
+    return read_manifest(path)
+
+
+def _unchanged(folder: Path, manifest: Manifest) -> bool:
+    """Whether ``folder`` still holds the manifest that was loaded (no swap happened during the read)."""
+    try:
+        return read_manifest(folder) == manifest
+    except IndexBundleError:
+        return False
+
+
+def _check_files(folder: Path, manifest: Manifest, *, verify: bool) -> None:
+    """Every listed file inside the folder, present, of the recorded size (and SHA-256 with ``verify``)."""
+    for name, entry in manifest.files.items():
+        fpath = bundle_file(folder, name)
         if not fpath.is_file():
             raise IndexBundleError(f"{fpath} is missing; rebuild the bundle")
-        if fpath.stat().st_size != entry["bytes"]:
+        size = fpath.stat().st_size
+        if size != entry.bytes:
             raise IndexBundleError(
-                f"{fpath} has {fpath.stat().st_size} bytes, the manifest says {entry['bytes']} (truncated or "
-                "replaced); rebuild the bundle"
+                f"{fpath} has {size} bytes, the manifest says {entry.bytes} (truncated or replaced); rebuild the bundle"
             )
-        if verify and file_sha256(fpath) != entry["sha256"]:
+        if verify and file_sha256(fpath) != entry.sha256:
             raise IndexBundleError(f"{fpath} does not match its SHA-256 in the manifest (corrupt); rebuild the bundle")
-    dim, count = int(manifest["dim"]), int(manifest["count"])
-    bundle = IndexBundle(path, manifest)
-    if manifest.get("float"):
-        bundle.float_index = FloatIndex.load(path / FLOAT_FILE, factory=manifest["float"]["factory"], d=dim)
-        _check_count(bundle.float_index.ntotal, count, path / FLOAT_FILE)
-        if manifest["float"].get("params"):
-            bundle.float_index.set_params(**manifest["float"]["params"])
-    if manifest.get("binary"):
-        b = manifest["binary"]
-        bundle.binary_index = BinaryIndex.load(path / BINARY_FILE, factory=b["factory"], bits=int(b["bits"]))
-        _check_count(bundle.binary_index.ntotal, count, path / BINARY_FILE)
-        bundle.hasher = LinearHasher.load(path / HASHER_FILE)
-        if bundle.hasher.bits != int(b["bits"]) or bundle.hasher.d != dim:
-            raise IndexBundleError(f"{path / HASHER_FILE} does not match the manifest (bits or dimension); rebuild")
-    if manifest.get("vectors"):
-        try:
-            vec = np.load(path / VECTORS_FILE, mmap_mode="r" if mmap else None, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexBundleError(f"{path / VECTORS_FILE} is truncated or corrupt ({exc}); rebuild") from None
-        if vec.ndim != 2 or vec.shape[1] != dim:
-            raise IndexBundleError(f"{path / VECTORS_FILE} has shape {vec.shape}, expected (n, {dim}); rebuild")
-        _check_count(vec.shape[0], count, path / VECTORS_FILE)
-        bundle.vectors = vec
+
+
+def _load(path: Path, folder: Path, *, checkpoint_sha256: str | None, verify: bool, mmap: bool) -> IndexBundle:
+    """Read the bundle files in ``folder`` (``path`` or its backup) and check them against the manifest."""
+    manifest = read_manifest(folder) if folder == path else _read_backup_manifest(path, folder)
+    if checkpoint_sha256 is not None:
+        check_run(manifest, checkpoint_sha256, path=path)
+    _check_files(folder, manifest, verify=verify)
+    m = manifest
+    bundle = IndexBundle(path, manifest, folder=folder)
+    if m.float is not None:
+        bundle.float_index = FloatIndex.load(folder / FLOAT_FILE, factory=m.float.factory, d=m.dim, mmap=mmap)
+        _check_count(bundle.float_index.ntotal, m.count, folder / FLOAT_FILE)
+        nprobe = m.search_defaults().nprobe
+        params = {**({"nprobe": float(nprobe)} if nprobe is not None else {}), **m.float.params}
+        if params:
+            bundle.float_index.set_params(**params)
+    if m.binary is not None:
+        bundle.binary_index = BinaryIndex.load(
+            folder / BINARY_FILE, factory=m.binary.factory, bits=m.binary.bits, mmap=mmap
+        )
+        _check_count(bundle.binary_index.ntotal, m.count, folder / BINARY_FILE)
+        bundle.hasher = LinearHasher.load(folder / HASHER_FILE)
+        if bundle.hasher.bits != m.binary.bits or bundle.hasher.d != m.dim:
+            raise IndexBundleError(f"{folder / HASHER_FILE} does not match the manifest (bits or dimension); rebuild")
+    if m.has_vectors:
+        bundle.vectors = _load_vectors(folder / VECTORS_FILE, m, mmap=mmap)
     if bundle.float_index is None and bundle.binary_index is None:
         raise IndexBundleError(f"{path} holds no index; rebuild the bundle")
     try:
         n_items = bundle._connect().execute("SELECT COUNT(*) FROM items").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        raise IndexBundleError(f"{path / ITEMS_FILE} is not a readable items table ({exc}); rebuild") from None
-    _check_count(int(n_items), count, path / ITEMS_FILE)
+        bundle.close()
+        raise IndexBundleError(f"{folder / ITEMS_FILE} is not a readable items table ({exc}); rebuild") from None
+    _check_count(int(n_items), m.count, folder / ITEMS_FILE)
     return bundle
+
+
+def _read_backup_manifest(path: Path, folder: Path) -> Manifest:
+    if not folder.is_dir():
+        raise IndexBundleError(f"index bundle not found: {path}; build it with `dscmr index build --out {path}`")
+    return read_manifest(folder)
+
+
+def _load_vectors(vpath: Path, m: Manifest, *, mmap: bool) -> np.ndarray:
+    try:
+        vec = np.load(vpath, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexBundleError(f"{vpath} is truncated or corrupt ({exc}); rebuild") from None
+    if vec.ndim != 2 or vec.shape[1] != m.dim:
+        raise IndexBundleError(f"{vpath} has shape {vec.shape}, expected (n, {m.dim}); rebuild")
+    _check_count(vec.shape[0], m.count, vpath)
+    return vec
 
 
 def _check_count(n: int, count: int, where: Path) -> None:
@@ -380,3 +385,29 @@ def _check_count(n: int, count: int, where: Path) -> None:
             f"{where} holds {n} items, the manifest says {count} (a partial write or a mixed-up file); "
             "rebuild the bundle"
         )
+
+
+__all__ = [
+    "BINARY_FILE",
+    "FLOAT_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "HASHER_FILE",
+    "ITEMS_FILE",
+    "MANIFEST",
+    "MODALITIES",
+    "VECTORS_FILE",
+    "IndexBundle",
+    "ItemRecord",
+    "check_run",
+    "file_entries",
+    "finish_manifest",
+    "load_bundle",
+    "now",
+    "peek_manifest",
+    "read_manifest",
+    "recover",
+    "staging_dir",
+    "write_items",
+    "write_vectors",
+]

@@ -18,6 +18,13 @@ from dscmr.errors import ConfigError, IndexBundleError, QueryError
 from dscmr.indexing.arrays import as_float_matrix, check_k, l2_normalize, sort_by_distance_then_id
 
 DEFAULT_FACTORY = "Flat"
+# FAISS read flags for a memory-mapped, read-only index, tried in order: IO_FLAG_MMAP_IFC maps the file and reads
+# flat codes in place (Flat, BFlat, IVF lists); IO_FLAG_MMAP maps inverted lists (it cannot be combined with the
+# first: "mmap only supported for File objects").
+MMAP_FLAGS = (
+    faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY,
+    faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY,
+)
 # Search-time parameters that can be set by name (faiss ParameterSpace names).
 SEARCH_PARAMS = ("efSearch", "nprobe")
 
@@ -56,6 +63,7 @@ class FloatIndex:
                 raise ConfigError(f"bad float index factory {factory!r} for d={d}: {msg}") from None
         self.index = index
         self.params: dict[str, float] = {}
+        self.mapped_from: Path | None = None  # the file this index is memory-mapped from (read-only), if any
 
     @property
     def ntotal(self) -> int:
@@ -96,6 +104,10 @@ class FloatIndex:
             progress: Called with ``(done, total)`` after each chunk.
         """
         xb = as_float_matrix(xb, d=self.d, what="database vectors")
+        if self.mapped_from is not None:  # a memory-mapped index is read-only: read it into RAM first
+            self.index = _read(self.mapped_from, faiss.read_index)
+            self.mapped_from = None
+            self.set_params(**self.params)
         if not self.index.is_trained:
             raise QueryError(f"the {self.factory!r} index must be trained before adding vectors; call train()")
         for start in range(0, xb.shape[0], chunk):
@@ -150,19 +162,43 @@ class FloatIndex:
         faiss.write_index(self.index, str(path))
 
     @classmethod
-    def load(cls, path: str | Path, *, factory: str, d: int) -> FloatIndex:
+    def load(cls, path: str | Path, *, factory: str, d: int, mmap: bool = False) -> FloatIndex:
         """Read an index written by :meth:`save`.
+
+        Args:
+            path: The index file.
+            factory: Its factory string (from the manifest).
+            d: Expected dimension.
+            mmap: Memory-map the file read-only (``IO_FLAG_MMAP_IFC``: Flat and IVF codes stay on disk and are
+                paged in by the OS) where FAISS supports it for this index type, else read it into RAM. A mapped
+                index is read into RAM again by :meth:`add`.
 
         Raises:
             IndexBundleError: The file is missing, truncated or not a FAISS index of dimension ``d``.
         """
-        index = _read(path, faiss.read_index)
+        index, mapped = read_maybe_mapped(path, faiss.read_index, mmap=mmap)
         if index.d != d:
             raise IndexBundleError(f"{path}: index dimension {index.d} does not match the manifest's {d}; rebuild")
-        return cls(d, factory, index=index)
+        out = cls(d, factory, index=index)
+        out.mapped_from = Path(path) if mapped else None
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"factory": self.factory, "metric": "cosine", "ntotal": self.ntotal, "params": dict(self.params)}
+
+
+def read_maybe_mapped(path: str | Path, reader: Callable[..., Any], *, mmap: bool) -> tuple[Any, bool]:
+    """Read an index with ``reader``, memory-mapped when ``mmap`` and FAISS can map this index type.
+
+    Returns:
+        ``(index, mapped)``.
+    """
+    for flags in MMAP_FLAGS if mmap else ():
+        try:
+            return _read(path, lambda p, f=flags: reader(p, f)), True
+        except IndexBundleError:
+            pass  # an index type FAISS cannot map (or a bad file: the plain read below names the problem)
+    return _read(path, reader), False
 
 
 def _read(path: str | Path, reader: Callable[[str], Any]) -> Any:

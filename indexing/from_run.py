@@ -11,7 +11,7 @@ import torch
 
 from dscmr.config import DataConfig, load_config, to_dict
 from dscmr.data import FeatureDataset, load_dataset
-from dscmr.errors import QueryError
+from dscmr.errors import DataError, UsageError
 from dscmr.indexing.build import BuildProgress, BuildSpec, add_to_bundle, build_bundle
 from dscmr.indexing.bundle import MODALITIES, IndexBundle
 from dscmr.indexing.hashing import LinearHasher, learned_hasher
@@ -62,7 +62,7 @@ def item_kind(data: DataConfig, modality: str) -> str:
 
 def check_modality(modality: str) -> str:
     if modality not in MODALITIES:
-        raise QueryError(f"--modality must be image or text, got {modality!r}")
+        raise UsageError(f"--modality must be image or text, got {modality!r}")
     return modality
 
 
@@ -75,7 +75,7 @@ def encode_items(
     ds = dataset if dataset is not None else load_dataset(data)
     sp = ds.split(split)
     if len(sp) == 0:
-        raise QueryError(f"the {split} split is empty; choose another --split")
+        raise DataError(f"the {split} split is empty; choose another --split")
     u, v = encode_split(run.model, sp)
     emb = (u if modality == "image" else v).numpy()
     names = sp.img_items if modality == "image" else sp.txt_items
@@ -97,22 +97,15 @@ def encode_items(
 
 
 def learned_layer(run: LoadedRun) -> LinearHasher:
-    """The run's trained hash layer as a hasher (QueryError when the run has none)."""
-    layer, norm = run.model.hash, getattr(run.model, "hash_norm", None)
-    if layer is None:
-        raise QueryError(
+    """The run's trained hash layer as a hasher (UsageError when the run has none); the model folds it
+    (:meth:`dscmr.models.DSCMR.hash_projection`)."""
+    if run.model.hash is None:
+        raise UsageError(
             f"{run.run_dir} has no hash layer, so it has no learned codes; train with model.hash_bits > 0 "
             "(configs/wikipedia_hash.toml) or use --binary sign|itq"
         )
-    W = layer.weight.detach().double().numpy()  # (B, D)
-    b = layer.bias.detach().double().numpy()  # (B,)
-    # Embeddings given to the hasher are centred (model.encode_*); the layer was trained on uncentred ones.
-    b = b + W @ run.model.center.detach().double().numpy()
-    if norm is not None:  # fold the eval-mode batch norm into the projection: same signs, one matmul
-        scale = norm.weight.detach().double().numpy() / np.sqrt(norm.running_var.double().numpy() + norm.eps)
-        b = (b - norm.running_mean.double().numpy()) * scale + norm.bias.detach().double().numpy()
-        W = W * scale[:, None]
-    return learned_hasher(W, b)
+    W, b = run.model.hash_projection()  # (B, D), (B,)
+    return learned_hasher(W.numpy(), b.numpy())
 
 
 def run_info(run: LoadedRun) -> dict[str, Any]:
@@ -147,6 +140,7 @@ def build_from_run(
     split: str = "test",
     spec: BuildSpec | None = None,
     progress: BuildProgress | None = None,
+    verify: bool = False,
 ) -> IndexBundle:
     """Encode one modality of a split with a run and write a bundle of it at ``out``.
 
@@ -158,6 +152,7 @@ def build_from_run(
         split: Dataset split to index.
         spec: Indexes to build (default: exact float ``Flat``).
         progress: ``(stage, done, total)`` callback.
+        verify: Check every written file's SHA-256 when loading the result.
     """
     run = as_run(run)
     spec = spec or BuildSpec()
@@ -180,6 +175,32 @@ def build_from_run(
         learned=learned,
         classes=enc.classes,
         progress=progress,
+        verify=verify,
+    )
+
+
+def build_from_options(
+    run: LoadedRun | str | Path,
+    out: str | Path,
+    *,
+    modality: str,
+    data: str | Path | None = None,
+    split: str = "test",
+    progress: BuildProgress | None = None,
+    verify: bool = False,
+    **options: Any,
+) -> IndexBundle:
+    """``dscmr index build``: a :class:`BuildSpec` from the command's options, then :func:`build_from_run`.
+
+    Args:
+        options: Keyword options of :meth:`BuildSpec.from_options` (``bits`` defaults to the run's hash width for
+            learned codes, else 64).
+    """
+    check_modality(modality)
+    run = as_run(run)
+    spec = BuildSpec.from_options(**options, learned_bits=int(run.model.hash_bits))
+    return build_from_run(
+        run, out, modality=modality, data=data, split=split, spec=spec, progress=progress, verify=verify
     )
 
 
@@ -190,14 +211,16 @@ def add_from_run(
     data: str | Path | None = None,
     split: str = "test",
     progress: BuildProgress | None = None,
+    verify: bool = False,
 ) -> IndexBundle:
-    """Encode a split with the bundle's run and append it to the bundle (no retraining, atomic)."""
-    from dscmr.indexing.bundle import read_manifest
+    """Encode a split with the bundle's run and append it to the bundle (no retraining, atomic; ``verify``: check
+    the bundle's file hashes first)."""
+    from dscmr.indexing.bundle import peek_manifest
 
     run = as_run(run)
-    manifest = read_manifest(Path(bundle))
+    manifest = peek_manifest(bundle)
     dcfg = resolve_data(run, data)
-    enc = encode_items(run, dcfg, modality=str(manifest["modality"]), split=split)
+    enc = encode_items(run, dcfg, modality=manifest.modality, split=split)
     return add_to_bundle(
         bundle,
         enc.embeddings,
@@ -206,4 +229,5 @@ def add_from_run(
         labels=enc.labels,
         source=_source(dcfg, split),
         progress=progress,
+        verify=verify,
     )

@@ -30,7 +30,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dscmr.errors import IndexBundleError, QueryError
+from dscmr.errors import DataError, IndexBundleError, QueryError, UsageError
 from dscmr.indexing.arrays import as_float_matrix, check_bits, l2_normalize
 
 HASH_METHODS = ("sign", "itq", "learned")
@@ -197,7 +197,7 @@ def fit_itq(
     x = l2_normalize(as_float_matrix(xb, what="training embeddings"))
     n, d = x.shape
     if n < 2:
-        raise QueryError(f"ITQ needs at least 2 training vectors, got {n}")
+        raise DataError(f"ITQ needs at least 2 training vectors, got {n}")
     if n > max_train:
         x = x[np.sort(np.random.default_rng(seed).choice(n, size=max_train, replace=False))]
     mean = x.mean(axis=0).astype(np.float32)
@@ -218,6 +218,15 @@ def fit_itq(
     return LinearHasher("itq", bits, A, b, mean, normalize_input=True, normalize_centred=True)
 
 
+def hamming_codes(hasher: LinearHasher, x: Any) -> np.ndarray:
+    """The +-1 codes ``(n, B)`` float32 of embeddings ``x`` ``(n, d)``: +1 where the projection is > 0.
+
+    The one way codes are made for Hamming mAP (``cross_modal_map(..., metric="hamming")``): the same bits as
+    :meth:`LinearHasher.encode` packs for the binary index, so evaluation and search rank alike.
+    """
+    return np.where(hasher.project(np.asarray(x, dtype=np.float32)) > 0, 1.0, -1.0).astype(np.float32)
+
+
 def learned_hasher(weight: np.ndarray, bias: np.ndarray | None) -> LinearHasher:
     """The hasher of a trained hash layer ``tanh(W u + b)``: ``W`` ``(B, d)``, ``b`` ``(B,)``."""
     W = np.ascontiguousarray(weight, dtype=np.float32)
@@ -233,5 +242,5 @@ def fit_hasher(method: str, xb: np.ndarray, bits: int, *, seed: int = 0) -> Line
     if method == "itq":
         return fit_itq(xb, bits, seed=seed)
     if method == "learned":
-        raise QueryError("learned codes come from the run's hash layer; use learned_hasher(W, b)")
-    raise QueryError(f"unknown hash method {method!r}; use one of {', '.join(HASH_METHODS)}")
+        raise UsageError("learned codes come from the run's hash layer; use learned_hasher(W, b)")
+    raise UsageError(f"unknown hash method {method!r}; use one of {', '.join(HASH_METHODS)}")

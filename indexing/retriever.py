@@ -12,7 +12,8 @@ turns a query into model inputs:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,17 @@ import torch
 
 from dscmr.config import DataConfig, from_dict
 from dscmr.data import FeatureDataset, load_dataset
-from dscmr.errors import QueryError
-from dscmr.indexing.arrays import check_k
-from dscmr.indexing.bundle import IndexBundle, load_bundle
+from dscmr.errors import IndexBundleError, QueryError, UsageError
+from dscmr.indexing.arrays import check_k, parse_k
+from dscmr.indexing.bundle import IndexBundle, check_run, load_bundle
 from dscmr.indexing.from_run import as_run
 from dscmr.indexing.hybrid import hybrid_search
 from dscmr.train import LoadedRun
 
 METRICS = ("cosine", "hamming", "hybrid")
 OTHER = {"image": "text", "text": "image"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,83 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "id": self.id, "score": self.score, "item": self.item}
+
+
+@dataclass(frozen=True)
+class Query:
+    """One search query, checked: a sentence, an image file, or the id of a dataset item.
+
+    Attributes:
+        modality: What the query is (``text`` or ``image``); the bundle searched holds the other modality.
+        text: The sentence (text queries).
+        image: The image file (image queries).
+        item_id: A dataset item id of the query modality (feature-mode runs).
+    """
+
+    modality: str
+    text: str | None = None
+    image: str | None = None
+    item_id: str | None = None
+
+    @classmethod
+    def from_args(cls, modality: str, query: str | None = None, *, query_id: str | None = None) -> Query:
+        """The query of ``dscmr search MODALITY [QUERY] [--query-id ID]``.
+
+        Raises:
+            UsageError: An unknown modality, or both a query and an id.
+            QueryError: No query, an empty one, or an empty id.
+        """
+        if modality not in OTHER:
+            raise UsageError(f"the query modality must be text or image, got {modality!r}")
+        if query_id is not None and query is not None:
+            raise UsageError("pass either a query or --query-id, not both")
+        if query_id is not None:
+            if not str(query_id).strip():
+                raise QueryError("empty --query-id; pass the id of a dataset item")
+            return cls(modality, item_id=str(query_id))
+        if query is None or not query.strip():
+            what = "text" if modality == "text" else "image path"
+            raise QueryError(f"empty query: pass a {what} or --query-id ID")
+        return cls(modality, text=query) if modality == "text" else cls(modality, image=query)
+
+    def to_dict(self) -> dict[str, str]:
+        """``{"id": ...}``, ``{"text": ...}`` or ``{"image": ...}``."""
+        if self.item_id is not None:
+            return {"id": self.item_id}
+        return {"text": str(self.text)} if self.modality == "text" else {"image": str(self.image)}
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The answer to one :class:`Query`.
+
+    Attributes:
+        query: The query.
+        metric: The metric used.
+        hits: Ranked hits (at most ``k``).
+        k: Results asked for after capping at the bundle's size.
+        k_requested: Results asked for.
+    """
+
+    query: Query
+    metric: str
+    hits: list[Hit] = field(default_factory=list)
+    k: int = 0
+    k_requested: int = 0
+
+    @property
+    def capped(self) -> bool:
+        return self.k < self.k_requested
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``dscmr search --json`` prints."""
+        return {
+            "query": self.query.to_dict(),
+            "metric": self.metric,
+            "hits": [h.to_dict() for h in self.hits],
+            "k": self.k,
+            "k_requested": self.k_requested,
+        }
 
 
 def _find_feature_row(ds: FeatureDataset, modality: str, item_id: str) -> np.ndarray:
@@ -128,19 +208,16 @@ class Retriever:
         >>> hits = r.search_ids(["b3f0..."], k=5)[0]
     """
 
-    def __init__(self, run: LoadedRun | str | Path, bundle: IndexBundle | str | Path) -> None:
+    def __init__(self, run: LoadedRun | str | Path, bundle: IndexBundle | str | Path, *, verify: bool = False) -> None:
+        """Load the run and the bundle (``verify``: also check every bundle file's SHA-256)."""
         self.run = as_run(run)
         sha = self.run.checkpoint_sha256
         if isinstance(bundle, IndexBundle):
-            from dscmr.indexing.bundle import check_run
-
             check_run(bundle.manifest, sha, path=bundle.path)
             self.bundle = bundle
         else:
-            self.bundle = load_bundle(bundle, checkpoint_sha256=sha)
+            self.bundle = load_bundle(bundle, checkpoint_sha256=sha, verify=verify)
         if int(self.run.model.embed_dim) != self.bundle.dim:
-            from dscmr.errors import IndexBundleError
-
             raise IndexBundleError(
                 f"{self.bundle.path} holds {self.bundle.dim}-d vectors, the run embeds in {self.run.model.embed_dim}-d"
             )
@@ -155,9 +232,9 @@ class Retriever:
         return self.bundle.metrics[0]
 
     def _data_config(self) -> DataConfig:
-        sources = self.bundle.manifest.get("sources") or []
-        if sources and "data" in sources[0]:
-            return from_dict(DataConfig, sources[0]["data"], source=f"{self.bundle.path} manifest")
+        sources = self.bundle.manifest.sources
+        if sources and sources[0].data is not None:
+            return from_dict(DataConfig, dict(sources[0].data), source=f"{self.bundle.path} manifest")
         return self.run.config.data
 
     def dataset(self) -> FeatureDataset:
@@ -183,16 +260,13 @@ class Retriever:
             xq: Query embeddings.
             k: Results per query.
             metric: ``cosine``, ``hamming`` or ``hybrid`` (default: the first the bundle supports).
-            shortlist: Hybrid shortlist length k' (default 10 * k).
+            shortlist: Hybrid shortlist length k' (default: the bundle's, sized from its count and code bits).
         """
-        check_k(k)
-        metric = metric or self.default_metric()
-        if metric not in METRICS:
-            raise QueryError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
-        if metric not in self.bundle.metrics:
-            have = ", ".join(self.bundle.metrics)
-            raise QueryError(f"{self.bundle.path} cannot answer --metric {metric} (it supports {have}); rebuild it")
+        metric = self.check_metric(metric)
+        k = self.capped_k(k)
         b = self.bundle
+        if k == 0:  # an empty bundle
+            return [[] for _ in range(np.asarray(xq).reshape(-1, b.dim).shape[0])]
         if metric == "cosine":
             assert b.float_index is not None
             D, I = b.float_index.search(xq, k)
@@ -203,7 +277,8 @@ class Retriever:
                 D, I = b.binary_index.search(codes, k)
             else:
                 assert b.vectors is not None
-                D, I = hybrid_search(b.binary_index, b.vectors, codes, xq, k, shortlist=shortlist)
+                kp = b.shortlist_for(k) if shortlist is None else shortlist
+                D, I = hybrid_search(b.binary_index, b.vectors, codes, xq, k, shortlist=kp)
         out: list[list[Hit]] = []
         records = b.items(I)
         for q in range(I.shape[0]):
@@ -216,6 +291,69 @@ class Retriever:
                 hits.append(Hit(len(hits) + 1, int(I[q, j]), score, rec.item, rec.labels))
             out.append(hits)
         return out
+
+    def check_metric(self, metric: str | None) -> str:
+        """The metric to use (default: the bundle's first); it must be one the bundle can answer.
+
+        Raises:
+            QueryError: An unknown metric, or one this bundle was not built for.
+        """
+        metric = metric or self.default_metric()
+        if metric not in METRICS:
+            raise QueryError(f"unknown metric {metric!r}; use one of {', '.join(METRICS)}")
+        if metric not in self.bundle.metrics:
+            have = ", ".join(self.bundle.metrics)
+            raise QueryError(f"{self.bundle.path} cannot answer --metric {metric} (it supports {have}); rebuild it")
+        return metric
+
+    def capped_k(self, k: int) -> int:
+        """``k`` checked and capped at the bundle's size (a warning says so): no search allocates more rows than
+        there are items.
+
+        Raises:
+            QueryError: ``k`` is not a positive whole number.
+        """
+        k = check_k(k)
+        if k > self.bundle.count:
+            logger.warning(
+                "k=%d exceeds the %d items of %s; returning at most %d", k, self.bundle.count, self.bundle.path,
+                self.bundle.count,
+            )  # fmt: skip
+            return self.bundle.count
+        return k
+
+    def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
+        """Set the float index's HNSW ``efSearch`` / IVF ``nprobe`` for the following searches.
+
+        Raises:
+            UsageError: The bundle has no float index, or the index has no such parameter.
+        """
+        params = {name: v for name, v in (("efSearch", ef_search), ("nprobe", nprobe)) if v is not None}
+        if not params:
+            return
+        if self.bundle.float_index is None:
+            raise UsageError(f"{self.bundle.path} has no float index to apply --ef-search/--nprobe to")
+        self.bundle.float_index.set_params(**params)
+
+    def search(
+        self, query: Query, *, k: int = 10, metric: str | None = None, shortlist: int | None = None
+    ) -> SearchResult:
+        """Answer one query of any kind (text, image file or dataset id).
+
+        Raises:
+            QueryError: A query of the modality the bundle holds, an unknown id, an unreadable image, a bad k or
+                metric.
+        """
+        self.expect_query_modality(query.modality)
+        used = self.capped_k(k)
+        kwargs: dict[str, Any] = {"k": used, "metric": metric, "shortlist": shortlist}
+        if query.item_id is not None:
+            hits = self.search_ids([query.item_id], **kwargs)[0]
+        elif query.text is not None:
+            hits = self.search_texts([query.text], **kwargs)[0]
+        else:
+            hits = self.search_images([str(query.image)], **kwargs)[0]
+        return SearchResult(query, metric or self.default_metric(), hits, used, k)
 
     def search_ids(self, query_ids: list[str], **kwargs: Any) -> list[list[Hit]]:
         """Search with dataset items (feature mode): ids of the query modality."""
@@ -239,3 +377,38 @@ class Retriever:
                 f"{self.bundle.path} indexes {self.bundle.modality}s, so its queries are {self.query_modality}s; "
                 f"use `dscmr search {self.query_modality}` or a bundle built with --modality {OTHER[modality]}"
             )
+
+
+def search(
+    run: LoadedRun | str | Path,
+    bundle: IndexBundle | str | Path,
+    query: Query,
+    *,
+    k: int | str = 10,
+    metric: str | None = None,
+    shortlist: int | None = None,
+    ef_search: int | None = None,
+    nprobe: int | None = None,
+    verify: bool = False,
+) -> tuple[SearchResult, Retriever]:
+    """``dscmr search``: check k, load the run and the bundle, and answer one query.
+
+    Args:
+        run: Run folder (or loaded run) the bundle was built with.
+        bundle: Bundle folder (or loaded bundle).
+        query: The query (:meth:`Query.from_args`).
+        k: Results wanted (a string from the command line is parsed); capped at the bundle's size.
+        metric: ``cosine``, ``hamming`` or ``hybrid`` (default: the bundle's first).
+        shortlist: Hybrid shortlist length.
+        ef_search: HNSW efSearch for this search.
+        nprobe: IVF nprobe for this search.
+        verify: Check every bundle file's SHA-256 first.
+
+    Returns:
+        The result, and the retriever (for the bundle's path and modality).
+    """
+    k_int = parse_k(k)
+    r = Retriever(run, bundle, verify=verify)
+    r.expect_query_modality(query.modality)
+    r.set_search_params(ef_search=ef_search, nprobe=nprobe)
+    return r.search(query, k=k_int, metric=metric, shortlist=shortlist), r

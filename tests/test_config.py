@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dscmr.config import Config, apply_overrides, load_config, load_toml, save_config
+from dscmr.config import Config, apply_overrides, load_config, load_toml
 from dscmr.errors import ConfigError
+from dscmr.train import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,6 @@ def test_validation_of_values() -> None:
 
 def test_save_roundtrip(tmp_path: Path) -> None:
     cfg = apply_overrides(Config(), ["train.lr=0.001", "model.txt_hidden=[128]", "data.root=x y"])
-    save_config(cfg, tmp_path)
+    RunDir(tmp_path).save_config(cfg)
     assert load_toml(Config, tmp_path / "config.toml") == cfg
     assert (tmp_path / "config.json").is_file()

@@ -5,7 +5,7 @@ Layers, top to bottom (README, *Development*):
 1. ``dscmr.cli``
 2. demo, benchmarks, experiments and the service
 3. retrieval (``dscmr.indexing``)
-4. training and evaluation (``dscmr.train``, ``dscmr.eval``, ``dscmr.vision_tasks``)
+4. training, evaluation and corpus encoding (``dscmr.train``, ``dscmr.eval``, ``dscmr.vision_tasks``, ``dscmr.corpus``)
 5. models, losses, data, encoders, vision models and layers
 6. config, errors and utilities
 
@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "eval": 4,
     "vision_tasks": 4,
     "export": 4,
+    "corpus": 4,
     "models": 5,
     "losses": 5,
     "data": 5,

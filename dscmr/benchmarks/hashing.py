@@ -26,8 +26,8 @@ from dscmr.config import Config, to_dict
 from dscmr.data import load_dataset
 from dscmr.eval.metrics import cross_modal_map
 from dscmr.indexing.from_run import learned_layer
-from dscmr.indexing.hashing import fit_hasher
-from dscmr.train import encode_split, load_run, train
+from dscmr.indexing.hashing import fit_hasher, hamming_codes
+from dscmr.train import RunDir, encode_split, load_run, train
 
 BITS = (16, 32, 64, 128)
 METHODS = ("sign", "itq", "learned")
@@ -37,7 +37,7 @@ def _train_or_load(cfg: Config, folder: Path, name: str, *, say: Callable[[str],
     """Train (or reuse) the run of ``cfg`` in ``folder/<name>-<config hash>``: a changed config never reuses a run."""
     digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
     run_dir = folder / f"{name}-{digest}"
-    if not (run_dir / "metrics.json").is_file():
+    if not RunDir(run_dir).finished:
         say(f"training {run_dir.name} ({cfg.train.epochs} epochs, hash_bits={cfg.model.hash_bits})")
         train(cfg, run_dir, progress=False)
     return load_run(run_dir)
@@ -92,11 +92,11 @@ def bench_hashing(
                 hrun = _train_or_load(hcfg, out, f"learned{b}", say=say)
                 hasher = learned_layer(hrun)
                 hu, hv = (t.numpy() for t in encode_split(hrun.model, test))
-                zi, zt = hasher.project(hu), hasher.project(hv)
+                zi, zt = hamming_codes(hasher, hu), hamming_codes(hasher, hv)
                 own_float = _map(hu, hv, test.labels, "cosine")
             else:
                 hasher = fit_hasher(method, train_emb, b, seed=cfg.train.seed)
-                zi, zt = hasher.project(u), hasher.project(v)
+                zi, zt = hamming_codes(hasher, u), hamming_codes(hasher, v)
                 own_float = flt
             m = _map(zi, zt, test.labels, "hamming")
             row = {"method": method, "bits": b, **m, "ratio": round(m["avg"] / flt["avg"], 4), "model_float": own_float}

@@ -21,7 +21,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dscmr.errors import QueryError
+from dscmr.errors import UsageError
 from dscmr.indexing.arrays import l2_normalize
 from dscmr.indexing.binary_index import BinaryIndex
 from dscmr.indexing.float_index import FloatIndex
@@ -78,7 +78,7 @@ def run_embeddings(run: Any, n: int, d: int, *, seed: int = 0, noise: float = 0.
     parts = [torch.cat(encode_split(run.model, s)) for s in (ds.train, ds.val, ds.test) if len(s)]
     base = l2_normalize(torch.cat(parts).numpy())
     if d > base.shape[1]:
-        raise QueryError(f"--dim {d} exceeds the run's embedding dimension {base.shape[1]}")
+        raise UsageError(f"--dim {d} exceeds the run's embedding dimension {base.shape[1]}")
     mean = base.mean(axis=0)
     _, s, vt = np.linalg.svd(base - mean, full_matrices=False)
     proj = vt[:d]  # (d, D) principal directions
@@ -213,17 +213,53 @@ def bench_search(
         say(f"generating {n} + {nq} clustered {d}-d vectors")
         vectors = clustered_embeddings(n + nq, d, seed=seed)
     xb, xq = vectors[:n], np.ascontiguousarray(vectors[n : n + nq])
-    entries: list[_Entry] = []
+    bit_list = [bits] if isinstance(bits, int) else list(bits)
+    flat, gt = _exact_entry(xb, xq, k, say=say)
+    entries = [
+        flat,
+        *_float_entries(xb, factories, k=k, seed=seed, ef_construction=ef_construction, sweeps=(ef_search, nprobe),
+                        say=say),
+        *_binary_entries(xb, bit_list, hash_method=hash_method, k=k, seed=seed, shortlists=shortlists, say=say),
+    ]  # fmt: skip
+    _time_rounds(entries, xq, rounds=rounds, say=say)
+    return {
+        "n": n,
+        "dim": d,
+        "nq": nq,
+        "k": k,
+        "bits": bit_list,
+        "rounds": max(1, rounds),
+        "threads": faiss.omp_get_max_threads(),
+        "results": [_row(e, gt, k, say=say).to_dict() for e in entries],
+    }
 
-    # exact cosine: the ground truth and the Flat row
+
+def _exact_entry(xb: np.ndarray, xq: np.ndarray, k: int, *, say: Callable[[str], None]) -> tuple[_Entry, np.ndarray]:
+    """Exact cosine (``Flat``): its row and the ground-truth top k of every query."""
+    n, d = xb.shape
     t0 = time.perf_counter()
     flat = FloatIndex(d, "Flat")
     flat.add(xb)
     flat_s = time.perf_counter() - t0
     say("exact ground truth")
     _, gt = flat.search(xq, k)
-    entries.append(_Entry("Flat", {}, _float_search(flat, k), flat_s, _file_bytes(flat.save) / n))
+    return _Entry("Flat", {}, _float_search(flat, k), flat_s, _file_bytes(flat.save) / n), gt
 
+
+def _float_entries(
+    xb: np.ndarray,
+    factories: tuple[str, ...],
+    *,
+    k: int,
+    seed: int,
+    ef_construction: int,
+    sweeps: tuple[tuple[int, ...], tuple[int, ...]],
+    say: Callable[[str], None],
+) -> list[_Entry]:
+    """One row per float factory and search parameter (HNSW sweeps efSearch, IVF sweeps nprobe)."""
+    n, d = xb.shape
+    ef_search, nprobe = sweeps
+    entries: list[_Entry] = []
     for factory in factories:
         say(f"building {factory}")
         t0 = time.perf_counter()
@@ -235,18 +271,31 @@ def bench_search(
         fi.add(xb)
         build_s = time.perf_counter() - t0
         nbytes = _file_bytes(fi.save) / n
-        is_ivf = faiss.try_extract_index_ivf(fi.index) is not None
         sweep: list[dict[str, Any]] = [{}]
         if hnsw is not None:
             sweep = [{"efSearch": e} for e in ef_search]
-        elif is_ivf:
+        elif faiss.try_extract_index_ivf(fi.index) is not None:
             sweep = [{"nprobe": p} for p in nprobe]
         for params in sweep:
             setup = partial(fi.set_params, **params)
             entries.append(_Entry(factory, params, _float_search(fi, k), build_s, nbytes, setup))
+    return entries
 
+
+def _binary_entries(
+    xb: np.ndarray,
+    bit_list: list[int],
+    *,
+    hash_method: str,
+    k: int,
+    seed: int,
+    shortlists: tuple[int, ...],
+    say: Callable[[str], None],
+) -> list[_Entry]:
+    """Per code length: a ``BFlat`` row and one ``hybrid`` row per shortlist length."""
+    n, d = xb.shape
     vec = l2_normalize(xb)
-    bit_list = [bits] if isinstance(bits, int) else list(bits)
+    entries: list[_Entry] = []
     for b in bit_list:
         say(f"building BFlat ({hash_method}, {b} bits)")
         t0 = time.perf_counter()
@@ -260,35 +309,82 @@ def bench_search(
         for kp in shortlists:
             search = _hybrid_search(bi, vec, hasher, k, kp)
             entries.append(_Entry("hybrid", {**tag, "shortlist": kp}, search, bin_s, code_bytes + 4 * d))
+    return entries
 
-    # Rounds interleave the configurations, so a slow spell of the machine hits them all alike.
+
+def _time_rounds(entries: list[_Entry], xq: np.ndarray, *, rounds: int, say: Callable[[str], None]) -> None:
+    """Rounds interleave the configurations, so a slow spell of the machine hits them all alike."""
     for r in range(max(1, rounds)):
-        say(f"timing round {r + 1}/{max(1, rounds)}: {len(entries)} configurations x {nq} queries")
+        say(f"timing round {r + 1}/{max(1, rounds)}: {len(entries)} configurations x {xq.shape[0]} queries")
         for e in entries:
             e.run_round(xq)
-    rows: list[_Row] = []
-    for e in entries:
-        assert e.ids is not None
-        single = np.asarray(e.single_ms)
-        row = _Row(
-            e.name,
-            recall_at(e.ids, gt, k),
-            float(np.percentile(single, 50)),
-            float(np.percentile(single, 99)),
-            float(np.median(e.batch_ms)),
-            e.build_seconds,
-            e.bytes_per_item,
-            e.params,
-        )
-        say(f"{e.name} {e.params}: recall@{k} {row.recall_at_10:.4f}  p50 {row.p50_ms:.3f} ms  p99 {row.p99_ms:.3f} ms")
-        rows.append(row)
-    return {
-        "n": n,
-        "dim": d,
-        "nq": nq,
-        "k": k,
-        "bits": bit_list,
-        "rounds": max(1, rounds),
-        "threads": faiss.omp_get_max_threads(),
-        "results": [r.to_dict() for r in rows],
-    }
+
+
+def _row(e: _Entry, gt: np.ndarray, k: int, *, say: Callable[[str], None]) -> _Row:
+    """Recall against the exact top k, latency percentiles, batch time, build time and size of one entry."""
+    assert e.ids is not None
+    single = np.asarray(e.single_ms)
+    row = _Row(
+        e.name,
+        recall_at(e.ids, gt, k),
+        float(np.percentile(single, 50)),
+        float(np.percentile(single, 99)),
+        float(np.median(e.batch_ms)),
+        e.build_seconds,
+        e.bytes_per_item,
+        e.params,
+    )
+    say(f"{e.name} {e.params}: recall@{k} {row.recall_at_10:.4f}  p50 {row.p50_ms:.3f} ms  p99 {row.p99_ms:.3f} ms")
+    return row
+
+
+def search_benchmark(
+    n: int,
+    d: int,
+    *,
+    threads: int = 1,
+    run: str | Path | None = None,
+    nq: int = 200,
+    rounds: int = 3,
+    seed: int = 0,
+    factories: tuple[str, ...] = (),
+    **options: Any,
+) -> dict[str, Any]:
+    """``dscmr bench search``: check the sizes, pin every thread pool to ``threads``, draw the vectors (clustered,
+    or around a run's embeddings) and run :func:`bench_search`.
+
+    Args:
+        n: Database size.
+        d: Dimension.
+        threads: FAISS, torch and BLAS threads (latency is per this many).
+        run: Run folder whose embeddings the vectors are drawn around (None: the clustered mixture).
+        nq: Queries.
+        rounds: Timing rounds.
+        seed: Data seed.
+        factories: Float ANN factories (empty: :data:`DEFAULT_FACTORIES`).
+        options: Other keyword options of :func:`bench_search`.
+
+    Returns:
+        :func:`bench_search`'s report plus ``data`` (``"clustered"`` or ``"run PATH"``).
+
+    Raises:
+        UsageError: A size that is not positive, or ``d`` above the run's embedding dimension.
+    """
+    if n <= 0 or d <= 0 or nq <= 0 or rounds <= 0:
+        raise UsageError("--n, --dim, --nq and --rounds must be positive")
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    faiss.omp_set_num_threads(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(threads)  # numpy's BLAS too
+    vectors = None
+    if run is not None:
+        from dscmr.train import load_run
+
+        vectors = run_embeddings(load_run(run), n + nq, d, seed=seed)
+    report = bench_search(
+        n, d, factories=factories or DEFAULT_FACTORIES, nq=nq, rounds=rounds, seed=seed, vectors=vectors, **options
+    )
+    report["data"] = f"run {run}" if run else "clustered"
+    return report

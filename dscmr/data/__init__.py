@@ -29,12 +29,14 @@ def register_format(name: str, loader: Callable[[Path, Any], FeatureDataset]) ->
 
 
 def _register_raw_formats() -> None:
-    """Register the folder and built-in formats (cheap: their heavy imports happen inside the loaders)."""
+    """Register the folder, built-in and features-folder formats (cheap: heavy imports happen in the loaders)."""
     from dscmr.data.builtin import load_digits_dataset, load_shapes_dataset
+    from dscmr.data.features_dir import load_features_dir
     from dscmr.data.folder import load_folder
 
     for name, loader in (("folder", load_folder), ("digits", load_digits_dataset), ("shapes", load_shapes_dataset)):
         _extra_formats.setdefault(name, loader)
+    _extra_formats.setdefault("features_dir", load_features_dir)  # written by `dscmr encode` (dscmr.corpus)
 
 
 _register_raw_formats()

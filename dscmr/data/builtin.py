@@ -32,6 +32,7 @@ import numpy as np
 
 from dscmr.config import DataConfig
 from dscmr.data.feature_files import FeatureDataset
+from dscmr.errors import UsageError
 
 DIGITS_VERSION = 1
 SHAPES_VERSION = 1
@@ -272,7 +273,7 @@ def builtin_folder(name: str, cache_dir: str | Path = "", *, n: int | None = Non
         count = SHAPES_DEFAULT_N if n is None else n
         folder = base / f"shapes-v{SHAPES_VERSION}-n{count}-s{SHAPES_SIZE}-seed{seed}"
         return generate_shapes(folder, n=count, seed=seed)
-    raise ValueError(f"unknown built-in dataset {name!r}")
+    raise UsageError(f"unknown built-in dataset {name!r}; use one of digits, shapes")
 
 
 def load_digits_dataset(root: Path, cfg: DataConfig) -> FeatureDataset:

@@ -17,31 +17,56 @@ from dscmr.config import DataConfig
 from dscmr.encoders.cache import FeatureCache, default_cache_dir, fingerprint_files, fingerprint_texts
 from dscmr.encoders.image import ImageDecodeError, ImageEncoder
 from dscmr.encoders.text import TextEncoder, check_texts
-from dscmr.errors import DscmrError, QueryError
-from dscmr.utils.progress import items_progress
+from dscmr.errors import QueryError
+from dscmr.utils.progress import Progress, counter
 
 # Formats whose features come from the raw encoders (raw queries can be encoded for runs trained on them).
 RAW_FORMATS = ("folder", "digits", "shapes")
 
-_image_encoders: dict[tuple[str, int, str], ImageEncoder] = {}
-_text_encoders: dict[str, TextEncoder] = {}
+_image_encoders: dict[tuple[Any, ...], ImageEncoder] = {}
+_text_encoders: dict[tuple[str, str, str], TextEncoder] = {}
 
 
 def image_encoder_for(cfg: DataConfig) -> ImageEncoder:
-    """The (process-wide, memoised) frozen image encoder a data config describes."""
-    key = (cfg.image_backbone, cfg.image_size, cfg.image_backbone_weights)
+    """The (process-wide, memoised) frozen image encoder a data config describes (``data.engine`` included).
+
+    With ``data.image_train_blocks > 0`` it is the frozen bottom of the backbone (:mod:`dscmr.encoders.partial`).
+    """
+    if cfg.image_train_blocks > 0:
+        from dscmr.encoders.partial import partial_encoder_for
+
+        return partial_encoder_for(cfg)
+    key: tuple[Any, ...] = (cfg.image_backbone, cfg.image_size, cfg.image_fit, cfg.image_views)
+    key += (cfg.image_backbone_weights, cfg.engine, cfg.cache_dir)
     if key not in _image_encoders:
-        _image_encoders[key] = ImageEncoder(
-            cfg.image_backbone, image_size=cfg.image_size, weights=cfg.image_backbone_weights or None
-        )
+        opts: dict[str, Any] = {
+            "image_size": cfg.image_size,
+            "fit": cfg.image_fit,
+            "views": cfg.image_views,
+            "weights": cfg.image_backbone_weights or None,
+        }
+        if cfg.engine == "torch":
+            _image_encoders[key] = ImageEncoder(cfg.image_backbone, **opts)
+        else:
+            from dscmr.encoders.engine import OnnxImageEncoder
+
+            cache = default_cache_dir(cfg.cache_dir)
+            _image_encoders[key] = OnnxImageEncoder(cfg.image_backbone, engine=cfg.engine, cache_dir=cache, **opts)
     return _image_encoders[key]
 
 
 def text_encoder_for(cfg: DataConfig) -> TextEncoder:
-    """The (process-wide, memoised) text encoder a data config describes."""
-    if cfg.text_model not in _text_encoders:
-        _text_encoders[cfg.text_model] = TextEncoder(cfg.text_model)
-    return _text_encoders[cfg.text_model]
+    """The (process-wide, memoised) text encoder a data config describes (``data.engine`` included)."""
+    key = (cfg.text_model, cfg.engine, cfg.cache_dir)
+    if key not in _text_encoders:
+        if cfg.engine == "torch":
+            _text_encoders[key] = TextEncoder(cfg.text_model)
+        else:
+            from dscmr.encoders.engine import OnnxTextEncoder
+
+            cache = default_cache_dir(cfg.cache_dir)
+            _text_encoders[key] = OnnxTextEncoder(cfg.text_model, engine=cfg.engine, cache_dir=cache)
+    return _text_encoders[key]
 
 
 def feature_cache_for(cfg: DataConfig) -> FeatureCache:
@@ -55,13 +80,17 @@ def image_features(
     encoder: ImageEncoder,
     cache: FeatureCache | None,
     batch_size: int = 32,
-    progress: bool | None = None,
+    progress: Progress | bool | None = None,
 ) -> np.ndarray:
-    """Features of image files ``(n, d)``, from the cache when possible; unreadable files give NaN rows."""
+    """Features of image files ``(n, d)``, from the cache when possible; unreadable files give NaN rows.
+
+    ``progress`` (default: the current reporter, :mod:`dscmr.utils.progress`) hears ``(done, total, "image
+    features")`` while images are encoded.
+    """
 
     def compute() -> np.ndarray:
-        with items_progress("image features", len(paths), enabled=progress) as advance:
-            return encoder.encode_paths(paths, batch_size=batch_size, on_error="nan", advance=advance)
+        advance = counter(progress, len(paths), "image features")
+        return encoder.encode_paths(paths, batch_size=batch_size, on_error="nan", advance=advance)
 
     if cache is None:
         return compute()
@@ -76,13 +105,13 @@ def text_features(
     encoder: TextEncoder,
     cache: FeatureCache | None,
     batch_size: int = 64,
-    progress: bool | None = None,
+    progress: Progress | bool | None = None,
 ) -> np.ndarray:
-    """Features of texts ``(n, d)``, from the cache when possible."""
+    """Features of texts ``(n, d)``, from the cache when possible (``progress`` as in :func:`image_features`)."""
 
     def compute() -> np.ndarray:
-        with items_progress("text features ", len(texts), enabled=progress) as advance:
-            return encoder.encode(texts, batch_size=batch_size, advance=advance)
+        advance = counter(progress, len(texts), "text features")
+        return encoder.encode(texts, batch_size=batch_size, advance=advance)
 
     if cache is None:
         return compute()
@@ -95,7 +124,8 @@ def encode_queries(run: Any, *, texts: list[str] | None = None, image_paths: lis
     """Raw query texts or image files -> the encoder features a run's DSCMR model takes as input.
 
     The run's config says which encoders produced its training features (``data.image_backbone``,
-    ``data.image_size``, ``data.image_backbone_weights``, ``data.text_model``); the same ones encode the queries.
+    ``data.image_size``, ``data.image_fit``, ``data.image_views``, ``data.image_backbone_weights``,
+    ``data.text_model``); the same ones encode the queries.
     Apply ``run.model.encode_text`` / ``encode_image`` to the result to get common-space embeddings.
 
     Args:
@@ -109,6 +139,7 @@ def encode_queries(run: Any, *, texts: list[str] | None = None, image_paths: lis
     Raises:
         QueryError: No or both kinds of query, an empty text, an unreadable image, or a run trained on
             precomputed features (which raw queries cannot be turned into).
+        ConfigError, CheckpointError: The run's text model or image backbone cannot be loaded (raised as is).
     """
     if (texts is None) == (image_paths is None):
         raise QueryError("pass exactly one of texts=... or image_paths=...")
@@ -120,27 +151,23 @@ def encode_queries(run: Any, *, texts: list[str] | None = None, image_paths: lis
             f"or train on a folder/built-in dataset ({', '.join(RAW_FORMATS)})"
         )
     model = run.model
-    try:
-        if texts is not None:
-            if not texts:
-                raise QueryError("no query text given; pass at least one non-empty sentence")
-            items = check_texts(texts, what="query text")
-            feats = text_encoder_for(data).encode(items)
-            expected = int(getattr(model, "txt_dim", None) or feats.shape[1])
-        else:
-            assert image_paths is not None
-            if not image_paths:
-                raise QueryError("no query image given; pass at least one image file")
-            enc = image_encoder_for(data)
-            try:
-                feats = enc.encode_paths([str(p) for p in image_paths], on_error="raise")
-            except ImageDecodeError as exc:
-                raise QueryError(str(exc)) from None
-            expected = int(getattr(model, "img_dim", None) or feats.shape[1])
-    except QueryError:
-        raise
-    except DscmrError as exc:  # e.g. the text model or backbone cannot be loaded
-        raise QueryError(str(exc)) from None
+    # Errors of the run itself (a text model or backbone that cannot be loaded) keep their own type.
+    if texts is not None:
+        if not texts:
+            raise QueryError("no query text given; pass at least one non-empty sentence")
+        items = check_texts(texts, what="query text")
+        feats = text_encoder_for(data).encode(items)
+        expected = int(getattr(model, "txt_dim", None) or feats.shape[1])
+    else:
+        assert image_paths is not None
+        if not image_paths:
+            raise QueryError("no query image given; pass at least one image file")
+        enc = image_encoder_for(data)
+        try:
+            feats = enc.encode_paths([str(p) for p in image_paths], on_error="raise")
+        except ImageDecodeError as exc:
+            raise QueryError(str(exc)) from None
+        expected = int(getattr(model, "img_dim", None) or feats.shape[1])
     if feats.shape[1] != expected:
         raise QueryError(
             f"the encoder gives {feats.shape[1]}-d features but the run's model expects {expected}-d; "

@@ -129,17 +129,16 @@ class TextEncoder:
         chunk_size = max(chunk_size, batch_size)
         for s in range(0, len(order), chunk_size):
             idx = order[s : s + chunk_size]
-            self.calls += 1
-            emb = self.model.encode(
-                [items[i] for i in idx],
-                batch_size=batch_size,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            out[idx] = np.asarray(emb, dtype=np.float32)
+            out[idx] = self.encode_chunk([items[i] for i in idx], batch_size=batch_size)
             if advance is not None:
                 advance(len(idx))
         return out
+
+    def encode_chunk(self, texts: Sequence[str], *, batch_size: int) -> np.ndarray:
+        """Checked texts -> vectors ``(n, dim)`` float32: one ``SentenceTransformer.encode`` call (engines override)."""
+        self.calls += 1
+        emb = self.model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(emb, dtype=np.float32)
 
 
 def _load_sentence_transformer(source: str, *, device: str) -> Any:

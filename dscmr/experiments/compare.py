@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dscmr.config import Config, save_config
-from dscmr.errors import ConfigError
+from dscmr.config import Config
+from dscmr.errors import UsageError
 from dscmr.experiments.multiseed import (
     ResultCallback,
     aggregate,
@@ -22,6 +22,7 @@ from dscmr.experiments.multiseed import (
     seed_tasks,
 )
 from dscmr.experiments.stats import bootstrap_queries, paired_comparison, verdict
+from dscmr.train import RunDir
 
 UNIT = "mAP points"
 SCALE = 100.0
@@ -117,14 +118,14 @@ def compare(
         write_report: Write ``report.json``, ``report.md`` and the PNGs.
 
     Raises:
-        ConfigError: Fewer than 2 seeds.
+        UsageError: Fewer than 2 seeds.
     """
     if seeds < 2:
-        raise ConfigError(f"compare needs at least 2 paired seeds, got --seeds {seeds}")
+        raise UsageError(f"compare needs at least 2 paired seeds, got --seeds {seeds}")
     out = Path(out_dir)
     seed_values = seed_list(cfg_a, seeds)
-    save_config(cfg_a, out / "a")
-    save_config(cfg_b, out / "b")
+    RunDir(out / "a").save_config(cfg_a)
+    RunDir(out / "b").save_config(cfg_b)
     kw: dict[str, Any] = {"vary_split": vary_split, "data_root": data_root, "progress": progress}
     tasks_a = seed_tasks(cfg_a, out / "a", seed_values, label="A", **kw)
     tasks_b = seed_tasks(cfg_b, out / "b", seed_values, label="B", **kw)
@@ -136,6 +137,7 @@ def compare(
         "a": {**(info_a or {}), "metrics": aggregate(res_a, scale=SCALE)["metrics"]},
         "b": {**(info_b or {}), "metrics": aggregate(res_b, scale=SCALE)["metrics"]},
         "seeds": seed_values,
+        "split": res_a[0].get("split", "test"),  # "val" for a dataset without a test split
         "vary_split": vary_split,
         **stats_out,
         "same_config": config_fingerprint(cfg_a) == config_fingerprint(cfg_b),

@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from dscmr.config import Config, apply_overrides, save_config
-from dscmr.errors import ConfigError
-from dscmr.experiments.multiseed import ResultCallback, run_tasks, seed_list, seed_tasks
+from dscmr.config import Config, apply_overrides
+from dscmr.errors import UsageError
+from dscmr.experiments.multiseed import ResultCallback, SeedTask, run_tasks, seed_list, seed_tasks
 from dscmr.experiments.stats import paired_comparison, summarize
+from dscmr.train import RunDir
 
 FRACTIONS = ("auto", "full", "half")
 MAX_FACTORS = 10
@@ -77,16 +78,17 @@ def parse_factor(text: str, base: Config | None = None) -> Factor:
     """Parse ``section.key=level1,level2``; with ``base``, check that both levels apply to it.
 
     Raises:
-        ConfigError: Not of that form, not exactly two distinct levels, or an unknown key / bad value.
+        UsageError: Not of that form, or not exactly two distinct levels.
+        ConfigError: An unknown key or a bad value for the config.
     """
     if "=" not in text:
-        raise ConfigError(f"--factor {text!r} must look like section.key=level1,level2")
+        raise UsageError(f"--factor {text!r} must look like section.key=level1,level2")
     key, rest = (s.strip() for s in text.split("=", 1))
     levels = _split_top_level(rest)
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", key) or len(levels) != 2 or not all(levels):
-        raise ConfigError(f"--factor {text!r} must look like section.key=level1,level2 (exactly two levels)")
+        raise UsageError(f"--factor {text!r} must look like section.key=level1,level2 (exactly two levels)")
     if levels[0] == levels[1]:
-        raise ConfigError(f"--factor {text!r}: the two levels must differ")
+        raise UsageError(f"--factor {text!r}: the two levels must differ")
     factor = Factor(key, (levels[0], levels[1]))
     if base is not None:
         for lv in (-1, 1):
@@ -131,12 +133,12 @@ def make_design(k: int, fraction: str = "auto") -> tuple[np.ndarray, str]:
     """The design for ``k`` factors: ``full``, ``half`` (resolution >= IV required) or ``auto`` (half for k >= 5).
 
     Raises:
-        ConfigError: Unknown fraction, too many factors, or a half fraction below resolution IV (k < 4).
+        UsageError: Unknown fraction, too many factors, or a half fraction below resolution IV (k < 4).
     """
     if fraction not in FRACTIONS:
-        raise ConfigError(f"--fraction must be one of {', '.join(FRACTIONS)}, got {fraction!r}")
+        raise UsageError(f"--fraction must be one of {', '.join(FRACTIONS)}, got {fraction!r}")
     if not 1 <= k <= MAX_FACTORS:
-        raise ConfigError(f"an ablation needs 1 to {MAX_FACTORS} factors, got {k}")
+        raise UsageError(f"an ablation needs 1 to {MAX_FACTORS} factors, got {k}")
     if fraction == "auto":
         fraction = "half" if k >= 5 else "full"
     if fraction == "full":
@@ -144,7 +146,7 @@ def make_design(k: int, fraction: str = "auto") -> tuple[np.ndarray, str]:
     design = half_design(k)
     res = resolution(design)
     if res is None or res < 4:
-        raise ConfigError(
+        raise UsageError(
             f"a half fraction of {k} factors has resolution {res}: main effects would be aliased with "
             "two-factor interactions; use --fraction full or at least 4 factors"
         )
@@ -342,19 +344,17 @@ def ablate(
         on_result: Called as each new run finishes.
         write_report: Write ``report.json``, ``report.md`` and the PNGs.
     """
-    if not factors:
-        raise ConfigError("ablate needs at least one --factor")
-    keys = [f.key for f in factors]
-    if len(set(keys)) != len(keys):
-        raise ConfigError(f"each factor may appear once, got {', '.join(keys)}")
-    design, used = make_design(len(factors), fraction)
+    design, used = _checked_design(factors, fraction)
     out = Path(out_dir)
     seed_values = seed_list(cfg, seeds)
-    save_config(cfg, out)
-    cells = []
-    for row in design:
-        cell_cfg = apply_overrides(cfg, [f.override(int(lv)) for f, lv in zip(factors, row, strict=True)])
-        cells.append((_cell_name(factors, row), cell_cfg))
+    RunDir(out).save_config(cfg)
+    cells = [
+        (
+            _cell_name(factors, row),
+            apply_overrides(cfg, [f.override(int(lv)) for f, lv in zip(factors, row, strict=True)]),
+        )
+        for row in design
+    ]
     per_cell = [
         seed_tasks(
             c,
@@ -367,35 +367,87 @@ def ablate(
         )
         for i, (name, c) in enumerate(cells)
     ]
-    # Seed-major order: an interruption leaves whole replicates of the design.
-    order = [(ci, si) for si in range(len(seed_values)) for ci in range(len(cells))]
+    y = _run_cells(per_cell, jobs=jobs, on_result=on_result)
+    report = _ablation_report(
+        factors,
+        design,
+        used,
+        [name for name, _ in cells],
+        y,
+        config_info=config_info or {},
+        seeds=seed_values,
+        vary_split=vary_split,
+        out=out,
+    )
+    if write_report:
+        from dscmr.experiments.report import write_ablate_report
+
+        write_ablate_report(out, report)
+    return report
+
+
+def _checked_design(factors: list[Factor], fraction: str) -> tuple[np.ndarray, str]:
+    """The design for ``factors`` (see :func:`make_design`) after checking that there are some, each once."""
+    if not factors:
+        raise UsageError("ablate needs at least one --factor")
+    keys = [f.key for f in factors]
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"each factor may appear once, got {', '.join(keys)}")
+    return make_design(len(factors), fraction)
+
+
+def _run_cells(per_cell: list[list[SeedTask]], *, jobs: int, on_result: ResultCallback | None) -> np.ndarray:
+    """Run every cell's seeds and return the test mAP avg in points, ``(cells, seeds)``.
+
+    Seed-major order: an interruption leaves whole replicates of the design.
+    """
+    n_cells, n_seeds = len(per_cell), len(per_cell[0]) if per_cell else 0
+    order = [(ci, si) for si in range(n_seeds) for ci in range(n_cells)]
     results = run_tasks([per_cell[ci][si] for ci, si in order], jobs=jobs, on_result=on_result)
-    y = np.zeros((len(cells), len(seed_values)))
+    y = np.zeros((n_cells, n_seeds))
     for (ci, si), r in zip(order, results, strict=True):
         y[ci, si] = r["test"]["avg"] * 100.0
-    names = keys
-    effects = estimate_effects(design, y, names)
+    return y
+
+
+def _ablation_report(
+    factors: list[Factor],
+    design: np.ndarray,
+    used: str,
+    cell_names: list[str],
+    y: np.ndarray,
+    *,
+    config_info: dict[str, Any],
+    seeds: list[int],
+    vary_split: bool,
+    out: Path,
+) -> dict[str, Any]:
+    """The report of an ablation from its design and responses ``y`` ``(cells, seeds)``: effects, best cell, cells."""
+    effects = estimate_effects(design, y, [f.key for f in factors])
     best = best_cell(y)
-    levels_of = lambda row: {f.key: f.levels[0 if lv < 0 else 1] for f, lv in zip(factors, row, strict=True)}  # noqa: E731
+
+    def levels_of(row: np.ndarray) -> dict[str, str]:
+        return {f.key: f.levels[0 if lv < 0 else 1] for f, lv in zip(factors, row, strict=True)}
+
     cell_reports = [
         {"name": name, "levels": levels_of(design[i]), "coded": design[i].tolist(), **summarize(y[i]).to_dict()}
-        for i, (name, _) in enumerate(cells)
+        for i, name in enumerate(cell_names)
     ]
     best["levels"] = levels_of(design[best["index"]])
     best["ci95"] = cell_reports[best["index"]]["ci95"]
     if best["vs_runner_up"] is not None:
         best["vs_runner_up"]["runner_up_levels"] = levels_of(design[best["vs_runner_up"]["runner_up_index"]])
     words = defining_words(design)
-    report: dict[str, Any] = {
-        "config": config_info or {},
+    return {
+        "config": config_info,
         "factors": [{"name": f.key, "levels": list(f.levels)} for f in factors],
         "design": {
             "fraction": used,
-            "cells": len(cells),
+            "cells": len(cell_names),
             "resolution": resolution(design),
             "defining_relation": ["I = " + "".join(chr(65 + i) for i in w) for w in words],
         },
-        "seeds": seed_values,
+        "seeds": seeds,
         "vary_split": vary_split,
         "unit": "mAP points",
         "response": "test mAP avg of both directions",
@@ -405,8 +457,3 @@ def ablate(
         "cells": cell_reports,
         "out": str(out),
     }
-    if write_report:
-        from dscmr.experiments.report import write_ablate_report
-
-        write_ablate_report(out, report)
-    return report

@@ -3,7 +3,7 @@
 Layout of an output folder (``bench map``; ``compare`` and ``ablate`` nest one per variant or cell)::
 
     out/
-      config.toml, config.json      the resolved base config
+      config.toml/.json             the resolved base config (:meth:`dscmr.train.RunDir.save_config`)
       runs/seed-<s>/                the training run folder of seed s (``dscmr train`` layout)
       results/seed-<s>.json         the finished seed's result; written atomically, last: it marks the seed done
       runs/seed-<s>/queries.npz     per-query test APs of both directions (for the bootstrap over queries)
@@ -21,6 +21,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
@@ -32,17 +33,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from dscmr.config import Config, save_config, to_dict
+from dscmr.config import Config, to_dict
 from dscmr.data import FeatureDataset, load_dataset
-from dscmr.errors import ConfigError
+from dscmr.errors import CheckpointError, ConfigError, UsageError
 from dscmr.eval.metrics import average_precisions, cross_modal_map, pr_curve
 from dscmr.experiments.stats import summarize
-from dscmr.train import encode_split, load_run, train
+from dscmr.train import RunDir, encode_split, load_run, train
 from dscmr.utils.io import atomic_write_json, atomic_write_with
 
 DIRECTIONS = ("img2txt", "txt2img")
 METRIC_NAMES = ("img2txt", "txt2img", "avg")
 QUERIES_FILE = "queries.npz"
+
+log = logging.getLogger(__name__)
 
 ResultCallback = Callable[["SeedTask", dict[str, Any]], None]
 
@@ -79,7 +82,7 @@ def seed_config(cfg: Config, seed: int, *, vary_split: bool = False) -> Config:
 def seed_list(cfg: Config, n: int) -> list[int]:
     """The ``n`` seeds of a bench: ``train.seed, train.seed + 1, ...``."""
     if n < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {n}")
+        raise UsageError(f"--seeds must be at least 1, got {n}")
     return [cfg.train.seed + i for i in range(n)]
 
 
@@ -172,16 +175,17 @@ def run_seed(task: SeedTask) -> dict[str, Any]:
     cfg = task.cfg
     ds = _dataset(cfg, task.data_root)
     run_dir = task.run_dir
-    metrics_path = run_dir / "metrics.json"
-    if not metrics_path.is_file() or not _same_config(run_dir, cfg):
-        resume = (run_dir / "train_state.json").is_file() and _same_config(run_dir, cfg)
+    folder = RunDir(run_dir)
+    if not folder.finished or not _same_config(run_dir, cfg):
+        resume = folder.resumable and _same_config(run_dir, cfg)
         with torch.enable_grad():
             train(cfg, run_dir, dataset=ds, resume=resume, progress=task.progress)
-    metrics = json.loads(metrics_path.read_text())
+    metrics = folder.read_metrics()
     run = load_run(run_dir)
     k, chunk = cfg.eval.k, cfg.eval.chunk_size
-    u, v = encode_split(run.model, ds.test)  # (n, D) each
-    labels = ds.test.labels
+    held_out = ds.test if len(ds.test) else ds.val  # a dataset without a test split reports val
+    u, v = encode_split(run.model, held_out)  # (n, D) each
+    labels = held_out.labels
     arrays = {
         "img2txt": average_precisions(u, v, labels, labels, k=k, chunk_size=chunk),
         "txt2img": average_precisions(v, u, labels, labels, k=k, chunk_size=chunk),
@@ -194,7 +198,11 @@ def run_seed(task: SeedTask) -> dict[str, Any]:
     }
     hamming = None
     if run.model.hash_bits > 0:
-        hu, hv = torch.sign(run.model.hash_codes(u)), torch.sign(run.model.hash_codes(v))  # (n, bits)
+        from dscmr.indexing.from_run import learned_layer
+        from dscmr.indexing.hashing import hamming_codes
+
+        hasher = learned_layer(run)
+        hu, hv = hamming_codes(hasher, u), hamming_codes(hasher, v)  # (n, bits) +-1
         hamming = cross_modal_map(hu, hv, labels, k=k, metric="hamming", chunk_size=chunk)
         arrays["hamming_img2txt"] = average_precisions(hu, hv, labels, labels, k=k, metric="hamming")
         arrays["hamming_txt2img"] = average_precisions(hv, hu, labels, labels, k=k, metric="hamming")
@@ -207,6 +215,7 @@ def run_seed(task: SeedTask) -> dict[str, Any]:
         "config": _result_config(cfg),
         "run_dir": str(run_dir),
         "test": test,
+        "split": "test" if len(ds.test) else "val",
         "val": metrics.get("val", {}),
         "hamming": hamming,
         "best_epoch": metrics.get("best_epoch"),
@@ -219,14 +228,9 @@ def run_seed(task: SeedTask) -> dict[str, Any]:
 
 
 def _same_config(run_dir: Path, cfg: Config) -> bool:
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return False
     try:
-        saved = json.loads(path.read_text())
-    except ValueError:
-        return False
-    if not isinstance(saved, dict):
+        saved = RunDir(run_dir).read_config_dict()
+    except CheckpointError:
         return False
     saved.get("train", {})["threads"] = 0
     return not config_differences(saved, cfg)
@@ -291,10 +295,11 @@ def run_tasks(
     Args:
         tasks: What to run.
         jobs: Parallel worker processes.
-        on_result: Called in the main process with ``(task, result)`` as each new task finishes.
+        on_result: Called in the main process with ``(task, result)`` as each new task finishes (after a
+            ``task.label: test mAP ...`` line is logged at INFO).
     """
     if jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+        raise UsageError(f"--jobs must be at least 1, got {jobs}")
     results: dict[int, dict[str, Any]] = {}
     pending: list[int] = []
     for i, task in enumerate(tasks):
@@ -306,8 +311,7 @@ def run_tasks(
     if jobs == 1 or len(pending) <= 1:
         for i in pending:
             results[i] = run_seed(tasks[i])
-            if on_result is not None:
-                on_result(tasks[i], results[i])
+            _finished(tasks[i], results[i], on_result)
     else:
         workers = min(jobs, len(pending))
         threads = threads_per_job(jobs)
@@ -319,9 +323,23 @@ def run_tasks(
             for fut in as_completed(futures):
                 i = futures[fut]
                 results[i] = fut.result()
-                if on_result is not None:
-                    on_result(tasks[i], results[i])
+                _finished(tasks[i], results[i], on_result)
     return [results[i] for i in range(len(tasks))]
+
+
+def _finished(task: SeedTask, result: dict[str, Any], on_result: ResultCallback | None) -> None:
+    """Log one line for a newly finished task, then call ``on_result``."""
+    t = result["test"]
+    log.info(
+        "%s: test mAP avg %.4f (img->txt %.4f, txt->img %.4f; %.1f s)",
+        task.label,
+        t["avg"],
+        t["img2txt"],
+        t["txt2img"],
+        result.get("train_seconds") or 0.0,
+    )
+    if on_result is not None:
+        on_result(task, result)
 
 
 def _with_threads(task: SeedTask, threads: int) -> SeedTask:
@@ -385,7 +403,7 @@ def bench_map(
     out = Path(out_dir)
     seed_values = seed_list(cfg, seeds)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    RunDir(out).save_config(cfg)
     tasks = seed_tasks(cfg, out, seed_values, vary_split=vary_split, data_root=data_root, progress=progress)
     results = run_tasks(tasks, jobs=jobs, on_result=on_result)
     agg = aggregate(results)

@@ -13,10 +13,14 @@ saved model encodes raw features on its own.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
+
+from dscmr.errors import CheckpointError
+from dscmr.models.image_top import ImageTop
 
 
 class DSCMROutput(NamedTuple):
@@ -70,6 +74,110 @@ class InputNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
+@dataclass(frozen=True)
+class DSCMRSpec:
+    """Everything needed to rebuild a :class:`DSCMR` network: the one description of its shape.
+
+    A run folder's ``model.json`` holds :meth:`to_dict` (plus run facts such as the class names); :meth:`from_dict`
+    validates it, so a damaged file is a clear :class:`~dscmr.errors.CheckpointError`, never a crash.
+
+    Attributes:
+        img_dim: Input image-feature dimension.
+        txt_dim: Input text-feature dimension.
+        num_classes: Number of labels C.
+        img_hidden: Widths of the image subnet layers.
+        txt_hidden: Widths of the text subnet layers (the last width must match the image subnet's).
+        common_dim: Width of the common space.
+        dropout: Dropout after each subnet layer, in [0, 1).
+        hash_bits: Width of the learned hash layer; 0 disables it, otherwise a multiple of 8.
+        img_top: Registered backbone whose last ``img_top_blocks`` blocks (and head conv) run on the image input
+            (flattened activations of its frozen part, :class:`~dscmr.models.image_top.ImageTop`); "" = none.
+        img_top_blocks: Blocks in that top (0 = no top: the image input is pooled features).
+    """
+
+    ARCHITECTURE: ClassVar[str] = "dscmr"
+
+    img_dim: int
+    txt_dim: int
+    num_classes: int
+    img_hidden: tuple[int, ...] = (2048,)
+    txt_hidden: tuple[int, ...] = (2048,)
+    common_dim: int = 1024
+    dropout: float = 0.0
+    hash_bits: int = 0
+    img_top: str = ""
+    img_top_blocks: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("img_dim", "txt_dim", "num_classes", "common_dim"):
+            _check_int(name, getattr(self, name), low=1)
+        for name in ("img_hidden", "txt_hidden"):
+            widths = getattr(self, name)
+            if not isinstance(widths, tuple | list):
+                raise ValueError(f"{name} must be a list of positive integers, got {widths!r}")
+            for width in widths:
+                _check_int(name, width, low=1)
+            object.__setattr__(self, name, tuple(widths))
+        _check_int("hash_bits", self.hash_bits, low=0)
+        _check_int("img_top_blocks", self.img_top_blocks, low=0)
+        if self.img_top_blocks and not (isinstance(self.img_top, str) and self.img_top):
+            raise ValueError(f"img_top must name a backbone when img_top_blocks > 0, got {self.img_top!r}")
+        if self.hash_bits % 8:
+            raise ValueError(f"hash_bits must be a multiple of 8 (0 disables), got {self.hash_bits}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        if self.img_hidden[-1:] != self.txt_hidden[-1:]:
+            raise ValueError("the last subnet widths must match: both feed the same shared layer")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able description, tagged with the architecture name."""
+        return {
+            "architecture": self.ARCHITECTURE,
+            **{f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "the model description") -> DSCMRSpec:
+        """Validate and read a description written by :meth:`to_dict`; keys other than the spec's are ignored.
+
+        Raises:
+            CheckpointError: Not an object, another architecture, a missing field or an invalid value.
+        """
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{source} does not describe a model (got {type(data).__name__}); re-run training")
+        arch = data.get("architecture", cls.ARCHITECTURE)
+        if arch != cls.ARCHITECTURE:
+            raise CheckpointError(f"{source}: unknown architecture {arch!r} (expected {cls.ARCHITECTURE!r})")
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("img_dim", "txt_dim", "num_classes") if n not in data]
+        if missing:
+            raise CheckpointError(f"{source}: missing {', '.join(missing)}; re-run training")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: {exc}; re-run training") from None
+
+    def build(self) -> DSCMR:
+        """A freshly initialised network of this shape."""
+        return DSCMR(
+            self.img_dim,
+            self.txt_dim,
+            self.num_classes,
+            img_hidden=self.img_hidden,
+            txt_hidden=self.txt_hidden,
+            common_dim=self.common_dim,
+            dropout=self.dropout,
+            hash_bits=self.hash_bits,
+            img_top=self.img_top,
+            img_top_blocks=self.img_top_blocks,
+        )
+
+
+def _check_int(name: str, value: Any, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 class DSCMR(nn.Module):
     """Two modality subnets, a weight-shared common-space layer and a shared linear label classifier.
 
@@ -82,6 +190,8 @@ class DSCMR(nn.Module):
         common_dim: Width of the common space (paper: 1024).
         dropout: Dropout after each subnet layer.
         hash_bits: Width of the optional learned hash layer ``tanh(W u)``; 0 disables it.
+        img_top: Backbone whose trainable top runs first on the image input ("" = none; see :class:`DSCMRSpec`).
+        img_top_blocks: Blocks in that top.
     """
 
     def __init__(
@@ -95,16 +205,30 @@ class DSCMR(nn.Module):
         common_dim: int = 1024,
         dropout: float = 0.0,
         hash_bits: int = 0,
+        img_top: str = "",
+        img_top_blocks: int = 0,
     ) -> None:
         super().__init__()
-        if img_hidden[-1:] != txt_hidden[-1:]:
-            raise ValueError("the last subnet widths must match: both feed the same shared layer")
+        self.spec = DSCMRSpec(
+            img_dim,
+            txt_dim,
+            num_classes,
+            img_hidden=tuple(img_hidden),
+            txt_hidden=tuple(txt_hidden),
+            common_dim=common_dim,
+            dropout=dropout,
+            hash_bits=hash_bits,
+            img_top=img_top,
+            img_top_blocks=img_top_blocks,
+        )  # validates the shape
         self.img_dim, self.txt_dim, self.num_classes = img_dim, txt_dim, num_classes
-        self.img_norm = InputNorm(img_dim)
+        self.img_top = ImageTop.build(img_top, img_top_blocks, img_dim) if img_top_blocks else None
+        feat_dim = self.img_top.num_features if self.img_top is not None else img_dim  # the subnet's input
+        self.img_norm = InputNorm(feat_dim)
         self.txt_norm = InputNorm(txt_dim)
-        self.img_net = make_subnet(img_dim, tuple(img_hidden), dropout=dropout)
+        self.img_net = make_subnet(feat_dim, tuple(img_hidden), dropout=dropout)
         self.txt_net = make_subnet(txt_dim, tuple(txt_hidden), dropout=dropout)
-        subnet_out = img_hidden[-1] if img_hidden else img_dim
+        subnet_out = img_hidden[-1] if img_hidden else feat_dim
         self.common = nn.Linear(subnet_out, common_dim)  # shared by both modalities
         self.classifier = nn.Linear(common_dim, num_classes)  # shared label classifier
         self.hash = nn.Linear(common_dim, hash_bits) if hash_bits else None
@@ -120,6 +244,8 @@ class DSCMR(nn.Module):
         self.register_buffer("center", torch.zeros(common_dim))
 
     def _image_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        if self.img_top is not None:
+            x = self.img_top(x)  # (B, num_features), from the frozen part's activations
         return self.img_net(self.img_norm(x))  # (B, H), the image subnet's output
 
     def _text_hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +276,31 @@ class DSCMR(nn.Module):
             u: Embeddings as returned by :meth:`encode_image` / :meth:`encode_text` (the centre is added back).
         """
         return self._hash_uncentred(u + self.center)
+
+    @torch.no_grad()
+    def hash_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The eval-mode hash layer folded into one affine map on retrieval embeddings, in float64.
+
+        ``sign(hash_codes(u)) == sign(u @ W.T + b)`` for embeddings ``u`` from :meth:`encode_image` /
+        :meth:`encode_text`: the centre is added back into ``b``, and the batch norm's running statistics and
+        affine weights are folded into ``W`` and ``b`` (tanh keeps signs).
+
+        Returns:
+            ``W`` ``(bits, D)`` and ``b`` ``(bits,)``.
+
+        Raises:
+            RuntimeError: The model has no hash layer.
+        """
+        if self.hash is None or self.hash_norm is None:
+            raise RuntimeError("this model has no hash layer (model.hash_bits = 0)")
+        W = self.hash.weight.detach().double()  # (B, D)
+        b = self.hash.bias.detach().double() + W @ self.center.double()  # (B,), centred inputs
+        bn = self.hash_norm
+        mean, var = bn.running_mean, bn.running_var
+        assert mean is not None and var is not None  # track_running_stats is on
+        scale = bn.weight.detach().double() / torch.sqrt(var.double() + bn.eps)  # (B,)
+        b = (b - mean.double()) * scale + bn.bias.detach().double()
+        return W * scale[:, None], b
 
     def _hash_uncentred(self, u: torch.Tensor) -> torch.Tensor:
         if self.hash is None or self.hash_norm is None:

@@ -1,37 +1,29 @@
-"""Run folders: the best model as safetensors plus a JSON description, resumable training state, loading.
+"""Model checkpoints: the selected weights as safetensors plus their ``model.json`` description, and loading a
+finished run.
 
-A run folder holds:
-
-- ``config.toml`` / ``config.json``: the resolved config;
-- ``model.safetensors``: weights of the validation-selected epoch (input standardisation included);
-- ``model.json``: what is needed to rebuild the network (dimensions, classes, shape options);
-- ``metrics.json``: validation-selected epoch, validation and test metrics, history, seed, timing;
-- ``train_state.safetensors`` / ``train_state.json``: the state to ``--resume`` a killed run.
-
-Every file is written atomically; weights are read with safetensors only (never unpickled).
+The run folder's layout is owned by :class:`dscmr.train.RunDir`; the network's description by
+:class:`dscmr.models.DSCMRSpec`. Every file is written atomically; weights are read with safetensors only (never
+unpickled), and a run is validated as it loads: its config, its model description, its weights and whether they
+belong together.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import load_file, save_file
 
-from dscmr.config import Config, from_dict
-from dscmr.errors import CheckpointError, ConfigError
-from dscmr.models import DSCMR
-from dscmr.utils.io import atomic_write_json, atomic_write_with, file_sha256
-
-MODEL_FILE = "model.safetensors"
-MODEL_META = "model.json"
-METRICS_FILE = "metrics.json"
-STATE_FILE = "train_state.safetensors"
-STATE_META = "train_state.json"
+from dscmr.config import Config
+from dscmr.errors import CheckpointError
+from dscmr.models import DSCMR, DSCMRSpec
+from dscmr.train.run_dir import RunDir
+from dscmr.utils.io import atomic_write_with
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -57,95 +49,84 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc}); re-run training") from None
 
 
-def build_model(meta: dict[str, Any]) -> DSCMR:
-    """Rebuild a DSCMR network from its ``model.json`` description."""
-    return DSCMR(
-        meta["img_dim"],
-        meta["txt_dim"],
-        meta["num_classes"],
-        img_hidden=tuple(meta["img_hidden"]),
-        txt_hidden=tuple(meta["txt_hidden"]),
-        common_dim=meta["common_dim"],
-        dropout=meta.get("dropout", 0.0),
-        hash_bits=meta.get("hash_bits", 0),
-    )
+def _load_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a safetensors file and the SHA-256 of exactly the bytes they were read from."""
+    try:
+        data = path.read_bytes()
+        return load_safetensors_bytes(data), hashlib.sha256(data).hexdigest()
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first}); re-run training") from None
 
 
-def model_meta(model: DSCMR, cfg: Config, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The ``model.json`` description of ``model``."""
-    meta = {
-        "architecture": "dscmr",
-        "img_dim": model.img_dim,
-        "txt_dim": model.txt_dim,
-        "num_classes": model.num_classes,
-        "img_hidden": list(cfg.model.img_hidden),
-        "txt_hidden": list(cfg.model.txt_hidden),
-        "common_dim": cfg.model.common_dim,
-        "dropout": cfg.model.dropout,
-        "hash_bits": cfg.model.hash_bits,
-    }
-    meta.update(extra or {})
-    return meta
+def model_meta(model: DSCMR, *, class_names: list[str] | None = None, data_format: str = "") -> dict[str, Any]:
+    """The ``model.json`` description of ``model``: its :class:`DSCMRSpec` plus the run facts it was trained on."""
+    return {**model.spec.to_dict(), "class_names": class_names, "data_format": data_format}
 
 
-def save_model(run_dir: Path, model: DSCMR, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> None:
-    """Write ``model.safetensors`` (``state`` or the model's current weights) and ``model.json``."""
-    save_tensors(run_dir / MODEL_FILE, state if state is not None else model.state_dict())
-    atomic_write_json(run_dir / MODEL_META, meta)
+def save_model(run: RunDir, model: DSCMR, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the weights (``state`` or the model's current ones) and their description into the run folder."""
+    save_tensors(run.model, state if state is not None else model.state_dict())
+    run.write_model_meta(meta)
 
 
 @dataclass
 class LoadedRun:
-    """A trained run, ready to encode: the eval-mode model, its config and its recorded metrics."""
+    """A trained run, ready to encode: the eval-mode model, its config and its recorded metrics.
+
+    Attributes:
+        run_dir: The run folder.
+        config: Its resolved config.
+        model: The validation-selected network, in eval mode.
+        meta: ``model.json`` (the :class:`DSCMRSpec` plus class names and data format).
+        metrics: ``metrics.json``.
+        checkpoint_sha256: SHA-256 of the weights as loaded; index bundles record it to detect a model mismatch.
+    """
 
     run_dir: Path
     config: Config
     model: DSCMR
     meta: dict[str, Any]
     metrics: dict[str, Any]
-
-    @property
-    def checkpoint_sha256(self) -> str:
-        """SHA-256 of the weights file; index bundles record it to detect a model mismatch."""
-        return file_sha256(self.run_dir / MODEL_FILE)
+    checkpoint_sha256: str
 
 
 def load_run(run_dir: str | Path) -> LoadedRun:
-    """Load a run folder written by :func:`dscmr.train.train`.
+    """Load and validate a run folder written by :func:`dscmr.train.train`.
 
     Raises:
-        CheckpointError: The folder or one of its files is missing or unreadable.
+        CheckpointError: The folder or one of its files is missing, unreadable or damaged, or its files do not
+            belong together (weights vs ``model.json``, ``model.json`` vs the saved config).
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run folder not found: {run_dir}; pass the --out folder of `dscmr train`")
-    for name in (MODEL_FILE, MODEL_META, "config.json"):
-        if not (run_dir / name).is_file():
-            raise CheckpointError(f"{run_dir} is not a finished run: {name} is missing; train it or --resume it")
-    try:
-        meta = json.loads((run_dir / MODEL_META).read_text())
-        cfg_dict = json.loads((run_dir / "config.json").read_text())
-        metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{run_dir}: corrupt JSON ({exc}); re-run training") from None
-    try:
-        cfg = from_dict(Config, cfg_dict, source=str(run_dir / "config.json"))
-    except ConfigError as exc:
-        raise CheckpointError(str(exc)) from None
-    model = build_model(meta)
-    state = load_tensors(run_dir / MODEL_FILE)
+    run = RunDir(run_dir)
+    run.check_folder()
+    for path in (run.model, run.model_meta, run.config_json):
+        if not path.is_file():
+            raise CheckpointError(f"{run} is not a finished run: {path.name} is missing; train it or --resume it")
+    meta = run.read_model_meta()
+    spec = DSCMRSpec.from_dict(meta, source=str(run.model_meta))
+    cfg = run.load_config(Config)
+    trained_on = meta.get("data_format")
+    if trained_on and trained_on != cfg.data.format:
+        raise CheckpointError(
+            f"{run.config_json} names data.format {cfg.data.format!r}, but the model was trained on "
+            f"{trained_on!r}; the run folder was edited, re-run training"
+        )
+    metrics = run.read_metrics()
+    model = spec.build()
+    state, sha256 = _load_weights(run.model)
     state.setdefault("center", torch.zeros(model.embed_dim))  # runs saved before the retrieval centre existed
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{run_dir / MODEL_FILE} does not match model.json ({first})") from None
+        raise CheckpointError(f"{run.model} does not match {run.MODEL_META} ({first})") from None
     model.eval()
-    return LoadedRun(run_dir, cfg, model, meta, metrics)
+    return LoadedRun(run.path, cfg, model, meta, metrics, sha256)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Resumable training state
+# Optimizer state as safetensors + JSON
 
 
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -1,48 +1,42 @@
 """The DSCMR training loop: Adam, shuffled mini-batches, validation-selected epoch, early stopping, resume.
 
 Model selection uses the validation split only (mean of the two retrieval directions); the test split is
-evaluated once, with the selected weights, at the end.
+evaluated once, with the selected weights, at the end. :func:`train` reads as its steps: load the data, build the
+model and optimizer (or restore them with ``resume``), fit epoch by epoch, then select, test and write the run
+folder (:class:`dscmr.train.RunDir`).
 """
 
 from __future__ import annotations
 
-import json
-import random
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from dscmr.config import Config, save_config
-from dscmr.data import FeatureDataset, Split, load_dataset
-from dscmr.errors import CheckpointError, DataError
-from dscmr.eval.metrics import cross_modal_map
+from dscmr.config import Config
+from dscmr.data import FeatureDataset, load_dataset, resolve_data_root
+from dscmr.errors import DataError
 from dscmr.losses import DSCMRLoss
-from dscmr.models import DSCMR
-from dscmr.train.checkpoint import (
-    METRICS_FILE,
-    STATE_FILE,
-    STATE_META,
-    load_tensors_and_metadata,
-    model_meta,
-    optimizer_from_tensors,
-    optimizer_to_tensors,
-    save_model,
-    save_tensors,
-)
+from dscmr.models import DSCMR, DSCMROutput, DSCMRSpec
+from dscmr.train.checkpoint import model_meta, save_model
+from dscmr.train.distributed import DistContext, context, main_then_broadcast, seed_rank_epoch, sharded_forward
+from dscmr.train.evaluate import evaluate_split
+from dscmr.train.finetune import batch_inputs, init_image_top, param_groups, set_input_stats
+from dscmr.train.run_dir import RunDir
 from dscmr.train.seed import seed_everything
-from dscmr.utils.io import atomic_write_json
+from dscmr.train.state import TrainState, load_state, save_state
+from dscmr.utils.progress import Progress, no_progress, resolve_progress
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` returns (and writes to ``metrics.json``)."""
+    """What :func:`train` returns (and writes to the run's metrics file)."""
 
     run_dir: Path
     best_epoch: int
@@ -52,63 +46,51 @@ class TrainResult:
     train_seconds: float
     epochs_run: int
     history: list[dict[str, float]] = field(default_factory=list)
+    split: str = "test"  # the split ``test`` holds: "val" for a dataset without a test split
 
     def summary(self) -> dict[str, Any]:
-        """The CLI's ``--json`` object: test metrics of the validation-selected epoch."""
+        """The CLI's ``--json`` object: test (without a test split: val) metrics of the selected epoch."""
         return {
             "img2txt": self.test["img2txt"],
             "txt2img": self.test["txt2img"],
             "avg": self.test["avg"],
-            "split": "test",
+            "split": self.split,
             "best_epoch": self.best_epoch,
             "seed": self.seed,
             "train_seconds": round(self.train_seconds, 3),
         }
 
 
-def build_model_for(cfg: Config, ds: FeatureDataset) -> DSCMR:
-    """The DSCMR network for a config and a loaded dataset (dimensions from the data)."""
-    return DSCMR(
+def model_spec(cfg: Config, ds: FeatureDataset) -> DSCMRSpec:
+    """The network shape for a config and a loaded dataset (input dimensions and classes from the data)."""
+    m = cfg.model
+    return DSCMRSpec(
         ds.img_dim,
         ds.txt_dim,
         ds.num_classes,
-        img_hidden=cfg.model.img_hidden,
-        txt_hidden=cfg.model.txt_hidden,
-        common_dim=cfg.model.common_dim,
-        dropout=cfg.model.dropout,
-        hash_bits=cfg.model.hash_bits,
+        img_hidden=m.img_hidden,
+        txt_hidden=m.txt_hidden,
+        common_dim=m.common_dim,
+        dropout=m.dropout,
+        hash_bits=m.hash_bits,
+        img_top=cfg.data.image_backbone if cfg.data.image_train_blocks else "",
+        img_top_blocks=cfg.data.image_train_blocks,
     )
 
 
-@torch.no_grad()
-def encode_split(model: DSCMR, split: Split, *, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """Common-space embeddings of a split's images and texts, in eval mode, ``(n, D)`` each."""
-    was_training = model.training
-    model.eval()
-    img = torch.from_numpy(split.img)
-    txt = torch.from_numpy(split.txt)
-    u = torch.cat([model.encode_image(img[i : i + batch_size]) for i in range(0, len(split), batch_size)])
-    v = torch.cat([model.encode_text(txt[i : i + batch_size]) for i in range(0, len(split), batch_size)])
-    model.train(was_training)
-    return u, v
+@dataclass
+class _Session:
+    """What one training session works with (built fresh, or restored on resume)."""
 
-
-def evaluate_split(model: DSCMR, split: Split, *, k: int = 0, chunk_size: int = 256) -> dict[str, float]:
-    """mAP in both directions (cosine) on one split."""
-    if len(split) == 0:
-        raise DataError("cannot evaluate an empty split")
-    u, v = encode_split(model, split)
-    return cross_modal_map(u, v, split.labels, k=k, chunk_size=chunk_size)
-
-
-def _rng_tensors(gen: torch.Generator) -> dict[str, torch.Tensor]:
-    return {"rng.torch": torch.get_rng_state(), "rng.shuffle": gen.get_state()}
-
-
-def _set_input_stats(model: DSCMR, ds: FeatureDataset) -> None:
-    img, txt = torch.from_numpy(ds.train.img), torch.from_numpy(ds.train.txt)
-    model.img_norm.set_stats(img.mean(0), img.std(0))
-    model.txt_norm.set_stats(txt.mean(0), txt.std(0))
+    cfg: Config
+    ds: FeatureDataset
+    run: RunDir
+    model: DSCMR
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    loss_fn: DSCMRLoss
+    dist: DistContext  # this process's rank and world size (:mod:`dscmr.train.distributed`)
+    forward: Callable[[torch.Tensor, torch.Tensor], DSCMROutput]  # global batch -> outputs (DDP: sharded)
 
 
 def train(
@@ -118,200 +100,156 @@ def train(
     dataset: FeatureDataset | None = None,
     data_root: str | Path | None = None,
     resume: bool = False,
-    progress: bool = True,
+    progress: Progress | bool | None = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainResult:
     """Train DSCMR, select the epoch on validation mAP, evaluate it on test, and write the run folder.
 
     Args:
-        cfg: Resolved experiment config.
+        cfg: Resolved experiment config (:func:`dscmr.train.config_for_run` gives it for a resumed run).
         run_dir: Output folder (created). With ``resume`` it must hold a previous run's training state.
         dataset: Pre-loaded dataset (otherwise loaded from ``cfg.data``).
-        data_root: Overrides ``cfg.data.root`` (see :func:`dscmr.data.resolve_data_root`).
-        resume: Continue from ``train_state.*`` in ``run_dir``; the result equals an uninterrupted run.
-        progress: Show a progress bar.
+        data_root: Overrides ``cfg.data.root`` (see :func:`dscmr.data.resolve_data_root`). The data root used
+            (this, or ``$DSCMR_DATA``) is recorded in the run's saved config, so later commands find the data.
+        resume: Continue from the run's training state; the result equals an uninterrupted run.
+        progress: Hears ``(epoch, epochs, "epoch E loss L val V best B@E")`` after each epoch (default: the
+            current reporter, :mod:`dscmr.utils.progress`; ``False``: none).
         on_epoch_end: Called with ``(epoch, record)`` after each epoch (used by tests and schedulers).
 
     Returns:
-        The :class:`TrainResult`, also written to ``metrics.json``.
+        The :class:`TrainResult`, also written to the run's metrics file.
+
+    Under ``torchrun`` (an initialised process group) every rank calls this: each runs its part of every batch,
+    rank 0 alone validates, reports and writes, and every rank returns rank 0's result
+    (:mod:`dscmr.train.distributed`).
     """
-    run_dir = Path(run_dir)
-    tc = cfg.train
-    if tc.threads > 0:
-        torch.set_num_threads(tc.threads)
-    ds = dataset if dataset is not None else load_dataset(cfg.data, data_root)
-    if len(ds.val) == 0:
-        raise DataError("the validation split is empty; set data.val_fraction > 0 or provide a 'val' split")
-
-    seed_everything(tc.seed)
-    model = build_model_for(cfg, ds)
-    if cfg.data.standardize:
-        _set_input_stats(model, ds)
-    loss_fn = DSCMRLoss(
-        alpha=cfg.loss.alpha,
-        beta=cfg.loss.beta,
-        norm=cfg.loss.norm,
-        hash_weight=cfg.loss.hash_weight,
-        quant_weight=cfg.loss.quant_weight,
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True)
-    gen = torch.Generator().manual_seed(tc.seed)
-
-    start_epoch, best_epoch, best_val, bad_epochs = 1, 0, -1.0, 0
-    best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    history: list[dict[str, float]] = []
-    elapsed_before = 0.0
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    cfg, ds = _load_data(cfg, dataset, data_root)
+    ctx = context()  # under torchrun, one rank of a DDP job: only rank 0 reports and writes
+    session = _new_session(cfg, ds, RunDir(run_dir), ctx)
     if resume:
-        state_meta_path = run_dir / STATE_META
-        if not state_meta_path.is_file():
-            raise CheckpointError(f"nothing to resume in {run_dir}: {STATE_META} is missing; train without --resume")
-        st = json.loads(state_meta_path.read_text())
-        tensors, tensor_meta = load_tensors_and_metadata(run_dir / STATE_FILE)
-        if tensor_meta.get("epoch") != str(st["epoch"]):
-            raise CheckpointError(
-                f"the training state in {run_dir} is inconsistent (the run was killed while saving it); "
-                f"delete {STATE_FILE} and {STATE_META} and train again"
-            )
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        optimizer_from_tensors(opt, tensors, st["optimizer"])
-        torch.set_rng_state(tensors["rng.torch"])
-        gen.set_state(tensors["rng.shuffle"])
-        random.setstate((st["py_rng"][0], tuple(st["py_rng"][1]), st["py_rng"][2]))
-        start_epoch, best_epoch, best_val = st["epoch"] + 1, st["best_epoch"], st["best_val"]
-        bad_epochs, history, elapsed_before = st["bad_epochs"], st["history"], st["train_seconds"]
+        state = load_state(session.run, session.model, session.opt, session.gen)
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir)
+        state = TrainState()
+    if ctx.is_main:
+        session.run.create()
+        session.run.save_config(cfg)
+    _fit(session, state, progress=resolve_progress(progress) if ctx.is_main else no_progress, on_epoch_end=on_epoch_end)
+    return main_then_broadcast(lambda: _finish(session, state), ctx)
 
-    img = torch.from_numpy(ds.train.img)
-    txt = torch.from_numpy(ds.train.txt)
-    labels = torch.from_numpy(ds.train.labels)
-    n = img.shape[0]
-    meta = model_meta(model, cfg, {"class_names": list(ds.class_names) if ds.class_names else None})
 
-    def save_state(epoch: int, seconds: float) -> None:
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update({f"best.{k}": v for k, v in best_state.items()})
-        opt_tensors, opt_meta = optimizer_to_tensors(opt)
-        tensors.update(opt_tensors)
-        tensors.update(_rng_tensors(gen))
-        save_tensors(run_dir / STATE_FILE, tensors, metadata={"epoch": str(epoch)})  # checked against the JSON
-        py_state = random.getstate()
-        atomic_write_json(
-            run_dir / STATE_META,
-            {
-                "epoch": epoch,
-                "best_epoch": best_epoch,
-                "best_val": best_val,
-                "bad_epochs": bad_epochs,
-                "history": history,
-                "train_seconds": seconds,
-                "optimizer": opt_meta,
-                "py_rng": [py_state[0], list(py_state[1]), py_state[2]],
-            },
+def _load_data(
+    cfg: Config, dataset: FeatureDataset | None, data_root: str | Path | None
+) -> tuple[Config, FeatureDataset]:
+    """The dataset, and the config with the data root that was used (``--data-root`` or ``$DSCMR_DATA``)."""
+    if dataset is None:
+        dataset = load_dataset(cfg.data, data_root)
+        if data_root or os.environ.get("DSCMR_DATA"):
+            root = resolve_data_root(cfg.data, data_root).resolve()
+            cfg = replace(cfg, data=replace(cfg.data, root=str(root)))
+    if len(dataset.val) == 0:
+        raise DataError("the validation split is empty; set data.val_fraction > 0 or provide a 'val' split")
+    return cfg, dataset
+
+
+def _new_session(cfg: Config, ds: FeatureDataset, run: RunDir, ctx: DistContext) -> _Session:
+    """Seed everything, then build the model (inputs standardised on the training split), loss and optimizer."""
+    tc = cfg.train
+    gen = seed_everything(tc.seed)
+    model = model_spec(cfg, ds).build()
+    init_image_top(model, cfg)  # a trainable image top starts from the backbone's weights
+    if cfg.data.standardize:
+        set_input_stats(model, ds)
+    lc = cfg.loss
+    loss_fn = DSCMRLoss(
+        alpha=lc.alpha, beta=lc.beta, norm=lc.norm, hash_weight=lc.hash_weight, quant_weight=lc.quant_weight
+    )
+    groups = param_groups(model, cfg)
+    opt = torch.optim.Adam(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True)
+    return _Session(cfg, ds, run, model, opt, gen, loss_fn, ctx, sharded_forward(model, ctx))
+
+
+def _fit(s: _Session, state: TrainState, *, progress: Progress, on_epoch_end: EpochCallback | None) -> None:
+    """Run epochs from ``state.epoch + 1``: train, validate, keep the best weights, checkpoint, stop early."""
+    tc = s.cfg.train
+    t0, seconds_before = time.perf_counter(), state.train_seconds
+    progress(state.epoch, tc.epochs, "train")
+    for epoch in range(state.epoch + 1, tc.epochs + 1):
+        seed_rank_epoch(tc.seed, epoch, s.dist)  # DDP: each rank its own dropout masks
+        loss = _train_epoch(s)
+        val = main_then_broadcast(  # DDP: rank 0 validates, every rank takes the same decisions
+            lambda: evaluate_split(s.model, s.ds.val, k=s.cfg.eval.k, chunk_size=s.cfg.eval.chunk_size), s.dist
         )
+        record = {"epoch": epoch, "loss": loss, **{f"val_{k}": v for k, v in val.items()}}
+        state.end_epoch(record, s.model)
+        state.train_seconds = seconds_before + time.perf_counter() - t0
+        progress(
+            epoch,
+            tc.epochs,
+            f"epoch {epoch} loss {loss:.4f} val {val['avg']:.4f} best {state.best_val:.4f}@{state.best_epoch}",
+        )
+        stop = tc.patience > 0 and state.bad_epochs >= tc.patience
+        if s.dist.is_main and (epoch % tc.checkpoint_every == 0 or stop or epoch == tc.epochs):
+            save_state(s.run, state, s.model, s.opt, s.gen)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, record)
+        if stop:
+            break
 
-    t0 = time.perf_counter()
-    bar = _progress(progress, total=tc.epochs, completed=start_epoch - 1)
-    epoch = start_epoch - 1
-    try:
-        for epoch in range(start_epoch, tc.epochs + 1):
-            model.train()
-            perm = torch.randperm(n, generator=gen)
-            total = 0.0
-            emb_sum = torch.zeros(model.embed_dim)
-            for i in range(0, n, tc.batch_size):
-                idx = perm[i : i + tc.batch_size]
-                out = model(img[idx], txt[idx])
-                terms = loss_fn(out, labels[idx])
-                opt.zero_grad(set_to_none=True)
-                terms.total.backward()
-                opt.step()
-                total += float(terms.total.detach()) * idx.numel()
-                emb_sum += (out.img_common.detach() + out.txt_common.detach()).sum(0)  # (D,)
-            if cfg.model.center:
-                # Retrieval centre = mean training embedding of this epoch (both modalities), used for validation
-                # and saved with the selected weights.
-                model.set_center(emb_sum / (2 * n))
-            val = evaluate_split(model, ds.val, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size)
-            record = {"epoch": epoch, "loss": total / n, **{f"val_{k}": v for k, v in val.items()}}
-            history.append(record)
-            if val["avg"] > best_val:
-                best_val, best_epoch, bad_epochs = val["avg"], epoch, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad_epochs += 1
-            bar.advance(
-                f"epoch {epoch} loss {record['loss']:.4f} val {val['avg']:.4f} best {best_val:.4f}@{best_epoch}"
-            )
-            stop = tc.patience > 0 and bad_epochs >= tc.patience
-            if epoch % tc.checkpoint_every == 0 or stop or epoch == tc.epochs:
-                save_state(epoch, elapsed_before + time.perf_counter() - t0)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, record)
-            if stop:
-                break
-    finally:
-        bar.close()
-    train_seconds = elapsed_before + time.perf_counter() - t0
 
-    model.load_state_dict(best_state)
+def _train_epoch(s: _Session) -> float:
+    """One pass over the shuffled training split; sets the retrieval centre; returns the mean loss."""
+    tc, model = s.cfg.train, s.model
+    img, txt = torch.from_numpy(s.ds.train.img), torch.from_numpy(s.ds.train.txt)
+    labels = torch.from_numpy(s.ds.train.labels)
+    n = img.shape[0]
+    model.train()
+    perm = torch.randperm(n, generator=s.gen)
+    total = 0.0
+    emb_sum = torch.zeros(model.embed_dim)
+    for i in range(0, n, tc.batch_size):
+        idx = perm[i : i + tc.batch_size]
+        out = s.forward(*batch_inputs(s.ds, img, txt, idx, s.gen))  # a random view / sentence per row, if any
+        terms = s.loss_fn(out, labels[idx])
+        s.opt.zero_grad(set_to_none=True)
+        terms.total.backward()
+        s.opt.step()
+        total += float(terms.total.detach()) * idx.numel()
+        emb_sum += (out.img_common.detach() + out.txt_common.detach()).sum(0)  # (D,)
+    if s.cfg.model.center:
+        # Retrieval centre = mean training embedding of this epoch (both modalities), used for validation and
+        # saved with the selected weights.
+        model.set_center(emb_sum / (2 * n))
+    return total / n
+
+
+def _finish(s: _Session, state: TrainState) -> TrainResult:
+    """Restore the selected epoch's weights, evaluate them on test, write the model and the metrics."""
+    cfg, ds, model = s.cfg, s.ds, s.model
+    model.load_state_dict(state.best_weights)
     model.eval()
-    # The selected epoch's validation metrics were computed with these very weights: reuse them.
-    val = {key[4:]: v for key, v in history[best_epoch - 1].items() if key.startswith("val_")}
-    test = evaluate_split(model, ds.test, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size)
-    save_model(run_dir, model, meta, best_state)
-    result = TrainResult(run_dir, best_epoch, val, test, tc.seed, train_seconds, epoch, history)
-    atomic_write_json(
-        run_dir / METRICS_FILE,
+    val = state.best_val_metrics()  # computed with these very weights: reused
+    # A dataset without a test split (train and val only) reports the selected epoch's val metrics instead.
+    held_out = "test" if len(ds.test) else "val"
+    test = evaluate_split(model, ds.test, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size) if len(ds.test) else val
+    classes = list(ds.class_names) if ds.class_names else None
+    save_model(s.run, model, model_meta(model, class_names=classes, data_format=cfg.data.format), state.best_weights)
+    tc = cfg.train
+    result = TrainResult(
+        s.run.path, state.best_epoch, val, test, tc.seed, state.train_seconds, state.epoch, state.history, held_out
+    )
+    s.run.write_metrics(
         {
             **result.summary(),
             "val": val,
             "test": test,
             "k": cfg.eval.k,
-            "epochs_run": epoch,
+            "epochs_run": state.epoch,
             "data_source": ds.source,
             "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
             "seeds": {"train": tc.seed, "val_split": cfg.data.val_seed},
-            "history": history,
+            "history": state.history,
         },
     )
     return result
-
-
-class _Bar:
-    """A rich progress bar that can be switched off (``--json``, tests)."""
-
-    def __init__(self, enabled: bool, total: int, completed: int) -> None:
-        self._progress = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-                transient=False,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("", total=total, completed=completed)
-
-    def advance(self, description: str) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, advance=1, description=description)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _progress(enabled: bool, *, total: int, completed: int) -> _Bar:
-    return _Bar(enabled, total, completed)
-
-
-def seed_from(seed: int) -> np.random.Generator:
-    """A numpy generator for auxiliary randomness tied to a run seed."""
-    return np.random.default_rng(seed)

@@ -1,49 +1,90 @@
-"""A small items-per-second progress bar (rich, on stderr) that can be switched off."""
+"""The library's one progress protocol: ``progress(done, total, description)``.
+
+Long-running library functions (feature extraction, training, index building, the vision tasks) report how far
+they are by calling a :class:`Progress` callable with absolute counts. They never draw anything themselves: the
+application decides how to show the reports (the CLI draws rich bars on stderr, ``dscmr.cli._progress``).
+
+A piece of work starts with ``done == 0`` (or a new ``total``) and ends with ``done == total``; the
+``description`` may change as it goes (``epoch 3 loss 0.41``). Functions take ``progress: Progress | bool | None``:
+a callable gets the reports; ``None`` (the default) or ``True`` reports to the *current* reporter, the one an
+application installed with :func:`use_progress` (like a logging handler; :func:`no_progress` when none is); ``False``
+reports nowhere. So reports from deep inside (``dscmr train`` -> dataset loading -> image features) reach the
+CLI's bars without every layer passing a callback down.
+
+Messages (what was skipped, which step runs) are not progress: they go through :mod:`logging`.
+"""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Protocol, TypeVar
 
-PROGRESS_ENV = "DSCMR_PROGRESS"  # "0" disables bars, "1" forces them (default: only on a terminal)
-
-
-def progress_enabled(requested: bool | None = None) -> bool:
-    """Whether to draw bars: ``requested`` if given, else ``$DSCMR_PROGRESS``, else whether stderr is a terminal."""
-    if requested is not None:
-        return requested
-    env = os.environ.get(PROGRESS_ENV)
-    if env is not None:
-        return env not in ("0", "false", "")
-    return sys.stderr.isatty()
+T = TypeVar("T")
 
 
-@contextmanager
-def items_progress(description: str, total: int, *, enabled: bool | None = None) -> Iterator[Callable[[int], None]]:
-    """Context manager yielding ``advance(n)``; draws ``description  [bar]  done/total  items/s  elapsed``."""
-    if not progress_enabled(enabled) or total <= 0:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
-    from rich.text import Text
+class Progress(Protocol):
+    """Receives progress reports: ``done`` of ``total`` units of the work named by ``description``."""
 
-    class _Rate(ProgressColumn):
-        def render(self, task) -> Text:  # type: ignore[no-untyped-def, override]
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:7.1f} items/s" if speed else "    ... items/s", style="progress.data.speed")
+    def __call__(self, done: int, total: int, description: str) -> None: ...
 
-    bar = Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _Rate(),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    with bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n: bar.update(task, advance=n)
+
+def no_progress(done: int, total: int, description: str) -> None:
+    """The default reporter: ignores every report."""
+
+
+_current: contextvars.ContextVar[Progress] = contextvars.ContextVar("dscmr_progress", default=no_progress)
+
+
+@contextlib.contextmanager
+def use_progress(progress: Progress) -> Iterator[Progress]:
+    """Install ``progress`` as the current reporter inside the ``with`` block (applications call this)."""
+    token = _current.set(progress)
+    try:
+        yield progress
+    finally:
+        _current.reset(token)
+
+
+def current_progress() -> Progress:
+    """The reporter installed by :func:`use_progress`, else :func:`no_progress`."""
+    return _current.get()
+
+
+def resolve_progress(progress: Progress | bool | None) -> Progress:
+    """A callable as is; ``None`` or ``True``: the current reporter; ``False``: :func:`no_progress`."""
+    if progress is None or progress is True:
+        return _current.get()
+    if progress is False:
+        return no_progress
+    return progress
+
+
+def counter(progress: Progress | bool | None, total: int, description: str) -> Callable[[int], None]:
+    """Report ``(0, total)`` now and return ``advance(n)``, which adds ``n`` units done and reports the sum."""
+    report = resolve_progress(progress)
+    done = 0
+    report(0, total, description)
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        report(done, total, description)
+
+    return advance
+
+
+def track(
+    items: Iterable[T], description: str, *, total: int | None = None, progress: Progress | bool | None = None
+) -> Iterator[T]:
+    """Yield ``items``, reporting one unit done after each (``total`` defaults to ``len(items)``)."""
+    if total is None:
+        total = len(items) if isinstance(items, Sized) else 0
+    advance = counter(progress, total, description)
+    for item in items:
+        yield item
+        advance(1)
+
+
+__all__ = ["Progress", "counter", "current_progress", "no_progress", "resolve_progress", "track", "use_progress"]

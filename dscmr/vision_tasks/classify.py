@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dscmr.config import save_config
 from dscmr.errors import ConfigError, DataError
+from dscmr.train.run_dir import RunDir
 from dscmr.utils.io import atomic_write_json
 from dscmr.vision import create_model
 from dscmr.vision_tasks.denoise import IMAGE_SUFFIXES
@@ -178,7 +178,7 @@ def train_classifier(cfg: ClassifyConfig, out_dir: str | Path, *, progress: Prog
     model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, drop_rate=cfg.model.drop_rate)
     model.reset_classifier(len(classes))  # type: ignore[operator]
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir)
+    RunDir(out_dir).save_config(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     steps = -(-len(tr) // cfg.train.batch_size)
     history = []

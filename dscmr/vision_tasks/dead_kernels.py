@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dscmr.errors import CheckpointError, ConfigError
-from dscmr.vision import create_model
-from dscmr.vision._pretrained import load_state_dict_file
+from dscmr.vision import create_model, load_state_dict_file
 from dscmr.vision_tasks.runs import WEIGHTS_FILE, ProgressFn, no_progress, seed_everything, set_threads
 
 

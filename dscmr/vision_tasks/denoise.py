@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dscmr.config import from_dict, save_config
+from dscmr.config import from_dict
 from dscmr.errors import CheckpointError, ConfigError, DataError
+from dscmr.train.run_dir import RunDir
 from dscmr.utils.io import atomic_write_with
-from dscmr.vision import create_model
-from dscmr.vision._pretrained import load_state_dict_file
+from dscmr.vision import create_model, load_state_dict_file
 from dscmr.vision.dncnn import DnCNN, is_reference_state_dict, load_dncnn_state_dict
 from dscmr.vision_tasks.image_metrics import psnr, ssim
 from dscmr.vision_tasks.runs import (
@@ -180,7 +180,7 @@ def load_denoiser(path: str | Path) -> DnCNN:
     """
     path = Path(path)
     if path.is_dir():
-        cfg = from_dict(DenoiseConfig, read_run_config(path), source=str(path / "config.json"))
+        cfg = from_dict(DenoiseConfig, read_run_config(path), source=str(RunDir(path).config_json))
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise CheckpointError(f"run folder {path} has no {WEIGHTS_FILE}; was training interrupted?")
@@ -323,7 +323,7 @@ def train_denoiser(cfg: DenoiseConfig, out_dir: str | Path, *, progress: Progres
     if not isinstance(model, DnCNN):
         raise ConfigError(f"denoising trains a DnCNN, got model {cfg.model.name!r}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir)
+    RunDir(out_dir).save_config(cfg)
     total = cfg.train.epochs * cfg.train.steps_per_epoch
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=cfg.train.lr * 0.01)

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dscmr.config import save_config
 from dscmr.errors import ConfigError, DataError
+from dscmr.train.run_dir import RunDir
 from dscmr.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from dscmr.vision import create_model
 from dscmr.vision_tasks.runs import (
@@ -430,7 +430,7 @@ def run_hsi(cfg: HsiConfig, out_dir: str | Path, *, progress: ProgressFn = no_pr
     data = prepare_hsi(cube, gt, names, cfg.data, seed=cfg.train.seed)
     model = build_model(cfg, data.num_classes)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_dir)
+    RunDir(out_dir).save_config(cfg)
 
     start = time.perf_counter()
     history = fit(model, data, cfg.train, progress=progress)

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from dscmr.errors import CheckpointError
-from dscmr.utils.io import atomic_write_json, atomic_write_with
+from dscmr.train.run_dir import RunDir
+from dscmr.train.seed import seed_everything as seed_everything  # the one seeding function, re-exported
+from dscmr.utils.io import atomic_write_with
+from dscmr.utils.progress import Progress
+from dscmr.utils.progress import no_progress as no_progress  # re-exported for the vision tasks
 
-#: ``progress(done, total, description)``; the CLI draws a rich progress bar from it.
-ProgressFn = Callable[[int, int, str], None]
+#: ``progress(done, total, description)``: the library's one progress protocol (:mod:`dscmr.utils.progress`).
+ProgressFn = Progress
 
-WEIGHTS_FILE = "model.safetensors"
-METRICS_FILE = "metrics.json"
-
-
-def no_progress(done: int, total: int, description: str) -> None:
-    """Progress callback that does nothing."""
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed python, numpy and torch; return a CPU generator seeded with ``seed`` for data order."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+#: The weights file of a run folder (owned by :class:`dscmr.train.RunDir`).
+WEIGHTS_FILE = RunDir.MODEL
 
 
 def set_threads(threads: int) -> None:
@@ -41,34 +29,28 @@ def set_threads(threads: int) -> None:
 
 
 def save_weights(model: nn.Module, folder: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``model``'s state dict as ``folder/model.safetensors`` atomically."""
+    """Write ``model``'s state dict as the run folder's weights file atomically."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return atomic_write_with(Path(folder) / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=metadata or {}))
+    return atomic_write_with(RunDir(folder).model, lambda p: save_file(state, str(p), metadata=metadata or {}))
 
 
 def save_metrics(metrics: dict[str, Any], folder: str | Path) -> Path:
-    """Write ``folder/metrics.json`` atomically."""
-    return atomic_write_json(Path(folder) / METRICS_FILE, metrics)
+    """Write the run folder's metrics file atomically."""
+    return RunDir(folder).write_metrics(metrics)
 
 
 def read_run_config(folder: str | Path) -> dict[str, Any]:
-    """The resolved config (``config.json``) of a run folder.
+    """The resolved config of a run folder, as a JSON object.
 
     Raises:
-        CheckpointError: The folder has no readable ``config.json``.
+        CheckpointError: The folder has no readable saved config.
     """
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a run folder (no config.json); pass a run folder or weights file")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} does not hold a config object")
-    return data
+    run = RunDir(folder)
+    if not run.config_json.is_file():
+        raise CheckpointError(f"{folder} is not a run folder (no {run.CONFIG_JSON}); pass a run folder or weights file")
+    return run.read_config_dict()
 
 
 def shared_data_dir() -> Path:

@@ -13,15 +13,15 @@ def test_image_cache_hit_then_invalidated_by_changed_image(tmp_path, image_encod
     paths = [save_image(tmp_path / "img" / f"{i}.png", seed=i) for i in range(3)]
     cache = FeatureCache(tmp_path / "cache")
     calls = image_encoder.calls
-    first = image_features(paths, encoder=image_encoder, cache=cache, progress=False)
+    first = image_features(paths, encoder=image_encoder, cache=cache)
     assert image_encoder.calls > calls and cache.misses == 1
     calls = image_encoder.calls
-    second = image_features(paths, encoder=image_encoder, cache=cache, progress=False)
+    second = image_features(paths, encoder=image_encoder, cache=cache)
     assert image_encoder.calls == calls and cache.hits == 1  # no backbone call the second time
     np.testing.assert_array_equal(first, second)
 
     save_image(paths[1], seed=99)  # same name, new content
-    third = image_features(paths, encoder=image_encoder, cache=cache, progress=False)
+    third = image_features(paths, encoder=image_encoder, cache=cache)
     assert image_encoder.calls > calls and cache.misses == 2
     np.testing.assert_allclose(third[[0, 2]], first[[0, 2]], atol=1e-5)
     assert not np.allclose(third[1], first[1])
@@ -40,11 +40,11 @@ def test_text_cache_hit_then_invalidated_by_changed_text(tmp_path, text_encoder)
     cache = FeatureCache(tmp_path)
     texts = ["a red circle", "a blue square"]
     calls = text_encoder.calls
-    a = text_features(texts, encoder=text_encoder, cache=cache, progress=False)
-    b = text_features(texts, encoder=text_encoder, cache=cache, progress=False)
+    a = text_features(texts, encoder=text_encoder, cache=cache)
+    b = text_features(texts, encoder=text_encoder, cache=cache)
     assert text_encoder.calls == calls + 1 and cache.hits == 1
     np.testing.assert_array_equal(a, b)
-    text_features(["a red circle", "a blue squares"], encoder=text_encoder, cache=cache, progress=False)
+    text_features(["a red circle", "a blue squares"], encoder=text_encoder, cache=cache)
     assert text_encoder.calls == calls + 2 and cache.misses == 2
 
 

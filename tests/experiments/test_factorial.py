@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dscmr.config import Config
-from dscmr.errors import ConfigError
+from dscmr.errors import ConfigError, UsageError
 from dscmr.experiments.factorial import (
     best_cell,
     defining_words,
@@ -43,9 +43,9 @@ def test_half_fraction_resolution(k):
 def test_make_design_choices():
     assert make_design(3, "auto")[1] == "full"
     assert make_design(5, "auto")[1] == "half"
-    with pytest.raises(ConfigError, match="resolution 3"):
+    with pytest.raises(UsageError, match="resolution 3"):
         make_design(3, "half")
-    with pytest.raises(ConfigError):
+    with pytest.raises(UsageError):
         make_design(3, "quarter")
 
 
@@ -142,7 +142,7 @@ def test_parse_factor():
     g = parse_factor("model.img_hidden=[1024,512],[2048]", base)
     assert g.levels == ("[1024,512]", "[2048]")
     for bad in ("model.dropout", "model.dropout=0", "model.dropout=0,0.1,0.2", "model.dropout=0,0", "dropout=0,1"):
-        with pytest.raises(ConfigError):
+        with pytest.raises(UsageError):
             parse_factor(bad, base)
     with pytest.raises(ConfigError, match="unknown key"):
         parse_factor("model.nope=1,2", base)

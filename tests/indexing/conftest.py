@@ -11,13 +11,14 @@ import torch
 from dscmr.config import load_config
 
 
-@pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DSCMR run trained for a few epochs on a synthetic 240-pair npz (shared by the tests of a session)."""
+def make_tiny_run(tmp: Path, *, epochs: int = 4) -> Path:
+    """Train a DSCMR run for a few epochs on a synthetic 240-pair npz in ``tmp``; return the run folder.
+
+    The npz (``tmp/tiny.npz``) splits 160 / 30 / 50 pairs into train / val / test.
+    """
     from dscmr.train import train
     from tests.conftest import make_clustered_features
 
-    tmp = tmp_path_factory.mktemp("indexing_run")
     img, txt, labels = make_clustered_features(240, 4)
     split = np.array(["train"] * 160 + ["val"] * 30 + ["test"] * 50)
     npz = tmp / "tiny.npz"
@@ -35,7 +36,7 @@ txt_hidden = [32]
 common_dim = 16
 
 [train]
-epochs = 4
+epochs = {epochs}
 batch_size = 32
 lr = 3e-3
 patience = 0
@@ -47,6 +48,12 @@ threads = 1
     run_dir = tmp / "run"
     train(load_config(cfg_path), run_dir, progress=False)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DSCMR run trained for a few epochs on a synthetic 240-pair npz (shared by the tests of a session)."""
+    return make_tiny_run(tmp_path_factory.mktemp("indexing_run"))
 
 
 @pytest.fixture

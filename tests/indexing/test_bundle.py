@@ -16,7 +16,8 @@ from dscmr.train import load_run
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+    """Hidden temporary or backup folders beside bundles (the writer-lock files stay by design)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock"))
 
 
 def test_build_load_add_round_trip(trained_run: Path, tmp_path: Path) -> None:
@@ -35,7 +36,9 @@ def test_build_load_add_round_trip(trained_run: Path, tmp_path: Path) -> None:
     b2 = add_from_run(out, trained_run, split="val")
     assert b2.count == 80 and b2.float_index.ntotal == 80 and b2.binary_index.ntotal == 80
     assert b2.vectors.shape == (80, 16) and len(b2.all_items()) == 80
-    assert [s["split"] for s in b2.manifest["sources"]] == ["test", "val"]
+    assert [s.split for s in b2.manifest.sources] == ["test", "val"]
+    assert [(s.first_id, s.count) for s in b2.manifest.sources] == [(0, 50), (50, 30)]
+    assert b2.manifest.float is not None and b2.manifest.float.ntotal == 80
     with pytest.raises(IndexBundleError, match="already holds"):
         add_from_run(out, trained_run, split="val")
     assert _leftovers(tmp_path) == []
@@ -191,7 +194,66 @@ def test_binary_only_bundle_costs_code_bytes(trained_run: Path, tmp_path: Path) 
     b = build_from_run(trained_run, tmp_path / "b", modality="image", spec=spec)
     assert b.metrics == ("hamming",) and b.vectors is None and b.float_index is None
     assert b.binary_index.code_size == 8
-    files = b.manifest["files"]
+    files = b.manifest.files
     assert set(files) == {"binary.faiss", "hasher.npz", "items.sqlite"}
-    assert files["binary.faiss"]["bytes"] - 50 * 8 < 200  # 8 bytes per item plus a small header
+    assert files["binary.faiss"].bytes - 50 * 8 < 200  # 8 bytes per item plus a small header
     assert add_from_run(tmp_path / "b", trained_run, split="val").count == 80
+
+
+def _hold_lock_in_thread(target: Path):
+    """Hold ``target``'s writer lock in another thread until the returned event is set."""
+    import threading
+
+    from dscmr.indexing.swap import writer_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with writer_lock(target):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(30)
+    return t, release
+
+
+def test_reader_never_recovers_while_a_writer_is_alive(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    build_from_run(trained_run, out, modality="image")
+    t, release = _hold_lock_in_thread(out)
+    try:
+        # the writer is between its two renames: only the backup exists
+        out.rename(tmp_path / ".b.old-xyz")
+        b = load_bundle(out)
+        assert b.count == 50 and b.path == out and b.folder == tmp_path / ".b.old-xyz"
+        assert len(b.all_items()) == 50
+        assert not out.exists() and (tmp_path / ".b.old-xyz").is_dir()  # nothing was renamed
+    finally:
+        release.set()
+        t.join()
+    assert load_bundle(out).count == 50  # no writer now: the interrupted swap is rolled back
+    assert out.is_dir() and _leftovers(tmp_path) == []
+
+
+def test_writers_of_one_bundle_serialise(tmp_path: Path) -> None:
+    import threading
+
+    from dscmr.indexing.swap import writer_lock
+
+    target = tmp_path / "b"
+    t, release = _hold_lock_in_thread(target)
+    entered = threading.Event()
+
+    def second() -> None:
+        with writer_lock(target):
+            entered.set()
+
+    t2 = threading.Thread(target=second)
+    t2.start()
+    assert not entered.wait(0.5)  # blocked while the first writer holds the lock
+    release.set()
+    t.join()
+    assert entered.wait(30)
+    t2.join()

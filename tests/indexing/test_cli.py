@@ -141,3 +141,16 @@ def test_bench_search_json() -> None:
     bflat = out["results"][3]
     assert 2 <= bflat["bytes_per_item"] < 3  # 16 bits = 2 bytes per item plus the header
     assert 4 <= out["results"][5]["bytes_per_item"] < 5
+
+
+def test_index_info_checks_and_verifies(image_bundle: Path) -> None:
+    res = _run("index", "info", "--bundle", image_bundle, "--verify", "--json")
+    assert res.exit_code == 0, res.output
+    s = json.loads(res.stdout)
+    assert s["count"] == 50 and s["metrics"] == ["cosine", "hamming", "hybrid"] and s["bytes"] > 0
+    data = bytearray((image_bundle / "vectors.npy").read_bytes())
+    data[-4:] = b"\x7f\x7f\x7f\x7f" if data[-4:] != b"\x7f\x7f\x7f\x7f" else b"\x00\x00\x00\x00"
+    (image_bundle / "vectors.npy").write_bytes(bytes(data))
+    assert _run("index", "info", "--bundle", image_bundle).exit_code == 0  # same size: only --verify sees it
+    res = _run("index", "info", "--bundle", image_bundle, "--verify")
+    assert res.exit_code == 2 and "SHA-256" in _error_line(res)

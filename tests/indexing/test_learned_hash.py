@@ -64,3 +64,14 @@ def learned_layer_of(model):
     from types import SimpleNamespace
 
     return learned_layer(SimpleNamespace(model=model, run_dir="mem"))
+
+
+def test_hamming_codes_are_the_index_bits() -> None:
+    """The +-1 codes used for Hamming mAP are exactly the bits packed into the binary index."""
+    from dscmr.indexing.hashing import fit_hasher, hamming_codes
+
+    x = np.random.default_rng(0).standard_normal((40, 12)).astype(np.float32)
+    hasher = fit_hasher("itq", x, 16, seed=0)
+    signs = hamming_codes(hasher, x)
+    assert signs.shape == (40, 16) and set(np.unique(signs)) <= {-1.0, 1.0}
+    np.testing.assert_array_equal(np.unpackbits(hasher.encode(x), axis=1), signs > 0)

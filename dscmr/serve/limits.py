@@ -1,0 +1,25 @@
+"""What one request to ``dscmr serve`` may ask for (light: the CLI imports it before anything heavy)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for (``dscmr serve`` options set them)."""
+
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_text_chars: int = 1000
+    max_batch: int = 32
+    max_k: int = 1000
+    max_shortlist: int = 10_000
+
+    @property
+    def max_body_bytes(self) -> int:
+        """A request body may hold the image base64-encoded (4/3) plus the other fields."""
+        return self.max_upload_bytes * 4 // 3 + 65_536
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
