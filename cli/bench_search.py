@@ -121,6 +121,7 @@ def bench_memory_cmd(
     bits: int = typer.Option(64, "--bits", help="ITQ code length of the binary index."),
     nq: int = typer.Option(1000, "--nq", help="Single queries per metric (hybrid, then cosine)."),
     bundle: Path | None = typer.Option(None, "--bundle", help="Measure this bundle instead of a synthetic one."),
+    metric: list[str] = typer.Option([], "--metric", help="Metric to query (repeatable) [hybrid, cosine]."),
     seed: int = typer.Option(0, "--seed", help="Data seed."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
@@ -128,7 +129,14 @@ def bench_memory_cmd(
     from dscmr.benchmarks.bundle_memory import bench_bundle_memory
 
     report = bench_bundle_memory(
-        n, dim, bits=bits, nq=nq, seed=seed, bundle=bundle, log=None if json_out else lambda m: typer.echo(m, err=True)
+        n,
+        dim,
+        bits=bits,
+        nq=nq,
+        seed=seed,
+        bundle=bundle,
+        metrics=tuple(metric) or ("hybrid", "cosine"),
+        log=None if json_out else lambda m: typer.echo(m, err=True),
     )
     if json_out:
         print_json(report)

@@ -8,6 +8,7 @@ Vectors are L2-normalised on the way in and searched by inner product, so every 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -195,10 +196,14 @@ def read_maybe_mapped(path: str | Path, reader: Callable[..., Any], *, mmap: boo
     """
     for flags in MMAP_FLAGS if mmap else ():
         try:
-            return _read(path, lambda p, f=flags: reader(p, f)), True
+            return _read(path, partial(_read_with_flags, reader, flags)), True
         except IndexBundleError:
             pass  # an index type FAISS cannot map (or a bad file: the plain read below names the problem)
     return _read(path, reader), False
+
+
+def _read_with_flags(reader: Callable[..., Any], flags: int, path: str) -> Any:
+    return reader(path, flags)
 
 
 def _read(path: str | Path, reader: Callable[[str], Any]) -> Any:

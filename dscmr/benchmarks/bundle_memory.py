@@ -23,6 +23,7 @@ import numpy as np
 from dscmr.errors import UsageError
 
 _SHA = "0" * 64
+METRICS = ("hybrid", "cosine")
 
 
 def _status_mb() -> dict[str, float]:
@@ -51,8 +52,10 @@ def build_synthetic_bundle(out: Path, n: int, d: int, *, bits: int = 64, seed: i
     return summary
 
 
-def probe(path: Path, *, mmap: bool, nq: int, k: int = 10, seed: int = 1) -> dict[str, Any]:
-    """Load ``path`` and run ``nq`` single hybrid queries, then ``nq`` cosine ones; RSS at each step (one thread)."""
+def probe(
+    path: Path, *, mmap: bool, nq: int, metrics: tuple[str, ...] = METRICS, k: int = 10, seed: int = 1
+) -> dict[str, Any]:
+    """Load ``path`` and run ``nq`` single queries of each metric in turn; RSS at each step (one thread)."""
     import faiss
 
     from dscmr.indexing.bundle import load_bundle
@@ -68,7 +71,7 @@ def probe(path: Path, *, mmap: bool, nq: int, k: int = 10, seed: int = 1) -> dic
     xq = np.asarray(b.vectors[np.sort(rows)]) + 0.05 * np.random.default_rng(seed).standard_normal((nq, b.dim))
     xq = xq.astype(np.float32)
     kp = b.shortlist_for(k)
-    for metric in ("hybrid", "cosine"):
+    for metric in metrics:
         t0 = time.perf_counter()
         for i in range(nq):
             q = xq[i : i + 1]
@@ -94,6 +97,7 @@ def bench_bundle_memory(
     nq: int = 1000,
     seed: int = 0,
     bundle: Path | None = None,
+    metrics: tuple[str, ...] = METRICS,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """RSS after loading and after ``nq`` queries, memory-mapped against in-RAM, with the bundle's size on disk.
@@ -105,10 +109,13 @@ def bench_bundle_memory(
         nq: Queries per metric.
         seed: Data seed.
         bundle: Measure this existing bundle (it needs a float index, a binary index and vectors) instead.
+        metrics: Metrics queried, in this order (``hybrid``, ``cosine``: an exact Flat scan reads every page).
         log: Progress messages.
     """
     if n < nq or nq < 1:
         raise UsageError(f"--n ({n}) must be at least --nq ({nq}), and --nq at least 1")
+    if not metrics or any(m not in METRICS for m in metrics):
+        raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {', '.join(metrics) or 'none'}")
     say = log or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="dscmr-bench-memory-") as tmp:
         path = bundle or Path(tmp) / "bundle"
@@ -122,6 +129,7 @@ def bench_bundle_memory(
         for mmap in (True, False):
             say(f"probing mmap={mmap} in a fresh process")
             cmd = [sys.executable, "-m", "dscmr.benchmarks.bundle_memory", str(path), str(int(mmap)), str(nq)]
+            cmd.append(",".join(metrics))
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     disk = {name: f.bytes for name, f in m.files.items()}
@@ -129,4 +137,5 @@ def bench_bundle_memory(
 
 
 if __name__ == "__main__":
-    print(json.dumps(probe(Path(sys.argv[1]), mmap=bool(int(sys.argv[2])), nq=int(sys.argv[3]))))
+    chosen = tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else METRICS
+    print(json.dumps(probe(Path(sys.argv[1]), mmap=bool(int(sys.argv[2])), nq=int(sys.argv[3]), metrics=chosen)))

@@ -374,7 +374,7 @@ def _add_item_routes(app: FastAPI, state: ServeState, thumbs: ThumbnailCache) ->
             "bundle": bundle,
             "version": lb.version,
             "id": rec.id,
-            "item": rec.item,
+            "item": lb.public_item(rec.item),
             "kind": rec.kind,
             "labels": list(rec.labels) if rec.labels is not None else None,
             "classes": lb.class_names(rec.labels),

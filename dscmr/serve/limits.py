@@ -14,7 +14,7 @@ class Limits:
     max_text_chars: int = 1000
     max_batch: int = 32
     max_k: int = 1000
-    max_shortlist: int = 10_000
+    max_shortlist: int = 100_000  # above the default the bundle records for 10M items at 64 bits (about 45,000)
 
     @property
     def max_body_bytes(self) -> int:

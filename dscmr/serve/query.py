@@ -85,6 +85,7 @@ def _describe(lb: LoadedBundle, hit: Hit, query_labels: tuple[int, ...] | None) 
     out = hit.to_dict()
     image = lb.modality == "image" and bool(lb.roots)
     out.update(
+        item=lb.public_item(hit.item),
         labels=list(hit.labels) if hit.labels is not None else None,
         classes=lb.class_names(hit.labels),
         shares_class=shares,

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from dscmr.errors import DscmrError, QueryError, UsageError
@@ -105,6 +105,15 @@ class LoadedBundle:
         if labels is None:
             return []
         return [names[i] if names and 0 <= i < len(names) else str(i) for i in labels]
+
+    def public_item(self, item: str) -> str:
+        """What a client sees of an item: an image path relative to its dataset folder, never a server path."""
+        if self.modality != "image" or not PurePath(item).is_absolute():
+            return item
+        for root in self.roots:
+            if PurePath(item).is_relative_to(root):
+                return PurePath(item).relative_to(root).as_posix()
+        return PurePath(item).name
 
     def dataset(self) -> Any:
         """The dataset id queries are looked up in (loaded once, on first use)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +120,8 @@ def test_hamming_and_hybrid(client):
 def test_item_metadata_and_cached_thumbnail(client, state):
     rec = state.get("images").retriever.bundle.items([2])[0]
     meta = client.get("/api/v1/items/images/2").json()
-    assert meta["item"] == rec.item and meta["kind"] == "path" and meta["labels"] == list(rec.labels)
+    assert meta["kind"] == "path" and meta["labels"] == list(rec.labels)
+    assert not Path(meta["item"]).is_absolute() and rec.item.endswith("/" + meta["item"])  # no server path leaks
     r1 = client.get("/api/v1/items/images/2/thumbnail")
     assert r1.status_code == 200 and r1.headers["content-type"] == "image/jpeg"
     with Image.open(io.BytesIO(r1.content)) as im:
