@@ -54,7 +54,6 @@ def bench_search_cmd(
         nprobe=_ints(nprobe, "--nprobe"),
         shortlists=_ints(shortlist, "--shortlist"),
         rounds=rounds,
-        log=None if json_out else lambda msg: typer.echo(msg, err=True),
     )
     if json_out:
         print_json(report)
@@ -100,7 +99,6 @@ def bench_hashing_cmd(
         bits=_ints(bits, "--bits"),
         methods=names,
         epochs=epochs,
-        log=None if json_out else lambda msg: typer.echo(msg, err=True),
     )
     if json_out:
         print_json(report)
@@ -136,7 +134,6 @@ def bench_memory_cmd(
         seed=seed,
         bundle=bundle,
         metrics=tuple(metric) or ("hybrid", "cosine"),
-        log=None if json_out else lambda m: typer.echo(m, err=True),
     )
     if json_out:
         print_json(report)

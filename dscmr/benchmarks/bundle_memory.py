@@ -10,11 +10,11 @@ kernel can drop under pressure; anonymous pages are what the process really hold
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from dscmr.errors import UsageError
 
 _SHA = "0" * 64
 METRICS = ("hybrid", "cosine")
+
+log = logging.getLogger(__name__)
 
 
 def _status_mb() -> dict[str, float]:
@@ -98,7 +100,6 @@ def bench_bundle_memory(
     seed: int = 0,
     bundle: Path | None = None,
     metrics: tuple[str, ...] = METRICS,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """RSS after loading and after ``nq`` queries, memory-mapped against in-RAM, with the bundle's size on disk.
 
@@ -110,24 +111,22 @@ def bench_bundle_memory(
         seed: Data seed.
         bundle: Measure this existing bundle (it needs a float index, a binary index and vectors) instead.
         metrics: Metrics queried, in this order (``hybrid``, ``cosine``: an exact Flat scan reads every page).
-        log: Progress messages.
     """
     if n < nq or nq < 1:
         raise UsageError(f"--n ({n}) must be at least --nq ({nq}), and --nq at least 1")
     if not metrics or any(m not in METRICS for m in metrics):
         raise UsageError(f"--metric must be one of {', '.join(METRICS)}, got {', '.join(metrics) or 'none'}")
-    say = log or (lambda _msg: None)
     with tempfile.TemporaryDirectory(prefix="dscmr-bench-memory-") as tmp:
         path = bundle or Path(tmp) / "bundle"
         if bundle is None:
-            say(f"building a {n} x {d} Flat + BFlat {bits}-bit + vectors bundle")
+            log.info(f"building a {n} x {d} Flat + BFlat {bits}-bit + vectors bundle")
             build_synthetic_bundle(path, n, d, bits=bits, seed=seed)
         from dscmr.indexing.bundle import peek_manifest
 
         m = peek_manifest(path)
         results = []
         for mmap in (True, False):
-            say(f"probing mmap={mmap} in a fresh process")
+            log.info(f"probing mmap={mmap} in a fresh process")
             cmd = [sys.executable, "-m", "dscmr.benchmarks.bundle_memory", str(path), str(int(mmap)), str(nq)]
             cmd.append(",".join(metrics))
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,15 @@ from dscmr.train import RunDir, encode_split, load_run, train
 BITS = (16, 32, 64, 128)
 METHODS = ("sign", "itq", "learned")
 
+log = logging.getLogger(__name__)
 
-def _train_or_load(cfg: Config, folder: Path, name: str, *, say: Callable[[str], None]) -> Any:
+
+def _train_or_load(cfg: Config, folder: Path, name: str) -> Any:
     """Train (or reuse) the run of ``cfg`` in ``folder/<name>-<config hash>``: a changed config never reuses a run."""
     digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
     run_dir = folder / f"{name}-{digest}"
     if not RunDir(run_dir).finished:
-        say(f"training {run_dir.name} ({cfg.train.epochs} epochs, hash_bits={cfg.model.hash_bits})")
+        log.info(f"training {run_dir.name} ({cfg.train.epochs} epochs, hash_bits={cfg.model.hash_bits})")
         train(cfg, run_dir, progress=False)
     return load_run(run_dir)
 
@@ -54,7 +56,6 @@ def bench_hashing(
     bits: tuple[int, ...] = BITS,
     methods: tuple[str, ...] = METHODS,
     epochs: int | None = None,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Float and binary test mAP for every (method, bits).
 
@@ -64,32 +65,30 @@ def bench_hashing(
         bits: Code lengths.
         methods: Subset of ``sign``, ``itq``, ``learned``.
         epochs: Overrides ``train.epochs`` (keep it modest: one model per learned code length).
-        log: Progress messages.
 
     Returns:
         ``{"float": {...}, "results": [{"method", "bits", "img2txt", "txt2img", "avg", "ratio"}], ...}``; ``ratio``
         is the binary avg mAP over the float avg mAP of the same float run (for ``learned``, the float mAP of the
         float run too, so every ratio has the same denominator).
     """
-    say = log or (lambda msg: None)
     out = Path(out)
     if epochs:
         cfg = replace(cfg, train=replace(cfg.train, epochs=epochs))
     base_cfg = replace(cfg, model=replace(cfg.model, hash_bits=0))
     ds = load_dataset(cfg.data)
     test = ds.test
-    run = _train_or_load(base_cfg, out, "float", say=say)
+    run = _train_or_load(base_cfg, out, "float")
     u_tr, v_tr = encode_split(run.model, ds.train)
     u, v = (t.numpy() for t in encode_split(run.model, test))
     flt = _map(u, v, test.labels, "cosine")
-    say(f"float mAP: {flt}")
+    log.info(f"float mAP: {flt}")
     train_emb = torch.cat([u_tr, v_tr]).numpy()
     results: list[dict[str, Any]] = []
     for b in bits:
         for method in methods:
             if method == "learned":
                 hcfg = replace(cfg, model=replace(cfg.model, hash_bits=b))
-                hrun = _train_or_load(hcfg, out, f"learned{b}", say=say)
+                hrun = _train_or_load(hcfg, out, f"learned{b}")
                 hasher = learned_layer(hrun)
                 hu, hv = (t.numpy() for t in encode_split(hrun.model, test))
                 zi, zt = hamming_codes(hasher, hu), hamming_codes(hasher, hv)
@@ -100,6 +99,6 @@ def bench_hashing(
                 own_float = flt
             m = _map(zi, zt, test.labels, "hamming")
             row = {"method": method, "bits": b, **m, "ratio": round(m["avg"] / flt["avg"], 4), "model_float": own_float}
-            say(f"{method:8s} {b:4d} bits: avg {m['avg']:.4f} ({row['ratio']:.1%} of float)")
+            log.info(f"{method:8s} {b:4d} bits: avg {m['avg']:.4f} ({row['ratio']:.1%} of float)")
             results.append(row)
     return {"float": flt, "epochs": cfg.train.epochs, "results": results, "runs": str(out)}

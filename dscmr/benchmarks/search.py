@@ -10,6 +10,7 @@ top 10 found in the returned top 10.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +33,8 @@ DEFAULT_FACTORIES = ("HNSW32", "IVF1024,Flat")
 EF_SEARCH = (16, 32, 64, 128)
 NPROBE = (8, 16, 32, 64)
 SHORTLISTS = (100, 200, 500, 1000)
+
+log = logging.getLogger(__name__)
 
 
 def clustered_embeddings(
@@ -183,7 +186,6 @@ def bench_search(
     shortlists: tuple[int, ...] = SHORTLISTS,
     vectors: np.ndarray | None = None,
     rounds: int = 3,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build ``Flat``, each float factory, ``BFlat`` and ``hybrid`` over ``n`` vectors and measure them.
 
@@ -203,25 +205,22 @@ def bench_search(
         vectors: ``(n + nq, d)`` vectors to use instead of the synthetic mixture (the last nq are queries).
         rounds: Timing rounds; each times every configuration on all ``nq`` queries, one after another, so p50 and
             p99 pool ``rounds * nq`` single-query latencies and the batch time is the median round.
-        log: Progress messages.
 
     Returns:
         ``{"n", "dim", "nq", "k", "bits", "threads", "results": [row, ...]}``.
     """
-    say = log or (lambda msg: None)
     if vectors is None:
-        say(f"generating {n} + {nq} clustered {d}-d vectors")
+        log.info(f"generating {n} + {nq} clustered {d}-d vectors")
         vectors = clustered_embeddings(n + nq, d, seed=seed)
     xb, xq = vectors[:n], np.ascontiguousarray(vectors[n : n + nq])
     bit_list = [bits] if isinstance(bits, int) else list(bits)
-    flat, gt = _exact_entry(xb, xq, k, say=say)
+    flat, gt = _exact_entry(xb, xq, k)
     entries = [
         flat,
-        *_float_entries(xb, factories, k=k, seed=seed, ef_construction=ef_construction, sweeps=(ef_search, nprobe),
-                        say=say),
-        *_binary_entries(xb, bit_list, hash_method=hash_method, k=k, seed=seed, shortlists=shortlists, say=say),
+        *_float_entries(xb, factories, k=k, seed=seed, ef_construction=ef_construction, sweeps=(ef_search, nprobe)),
+        *_binary_entries(xb, bit_list, hash_method=hash_method, k=k, seed=seed, shortlists=shortlists),
     ]  # fmt: skip
-    _time_rounds(entries, xq, rounds=rounds, say=say)
+    _time_rounds(entries, xq, rounds=rounds)
     return {
         "n": n,
         "dim": d,
@@ -230,18 +229,18 @@ def bench_search(
         "bits": bit_list,
         "rounds": max(1, rounds),
         "threads": faiss.omp_get_max_threads(),
-        "results": [_row(e, gt, k, say=say).to_dict() for e in entries],
+        "results": [_row(e, gt, k).to_dict() for e in entries],
     }
 
 
-def _exact_entry(xb: np.ndarray, xq: np.ndarray, k: int, *, say: Callable[[str], None]) -> tuple[_Entry, np.ndarray]:
+def _exact_entry(xb: np.ndarray, xq: np.ndarray, k: int) -> tuple[_Entry, np.ndarray]:
     """Exact cosine (``Flat``): its row and the ground-truth top k of every query."""
     n, d = xb.shape
     t0 = time.perf_counter()
     flat = FloatIndex(d, "Flat")
     flat.add(xb)
     flat_s = time.perf_counter() - t0
-    say("exact ground truth")
+    log.info("exact ground truth")
     _, gt = flat.search(xq, k)
     return _Entry("Flat", {}, _float_search(flat, k), flat_s, _file_bytes(flat.save) / n), gt
 
@@ -254,14 +253,13 @@ def _float_entries(
     seed: int,
     ef_construction: int,
     sweeps: tuple[tuple[int, ...], tuple[int, ...]],
-    say: Callable[[str], None],
 ) -> list[_Entry]:
     """One row per float factory and search parameter (HNSW sweeps efSearch, IVF sweeps nprobe)."""
     n, d = xb.shape
     ef_search, nprobe = sweeps
     entries: list[_Entry] = []
     for factory in factories:
-        say(f"building {factory}")
+        log.info(f"building {factory}")
         t0 = time.perf_counter()
         fi = FloatIndex(d, factory)
         hnsw = getattr(faiss.downcast_index(fi.index), "hnsw", None)
@@ -290,14 +288,13 @@ def _binary_entries(
     k: int,
     seed: int,
     shortlists: tuple[int, ...],
-    say: Callable[[str], None],
 ) -> list[_Entry]:
     """Per code length: a ``BFlat`` row and one ``hybrid`` row per shortlist length."""
     n, d = xb.shape
     vec = l2_normalize(xb)
     entries: list[_Entry] = []
     for b in bit_list:
-        say(f"building BFlat ({hash_method}, {b} bits)")
+        log.info(f"building BFlat ({hash_method}, {b} bits)")
         t0 = time.perf_counter()
         hasher = fit_hasher(hash_method, xb[: min(n, 100_000)], b, seed=seed)
         bi = BinaryIndex(b, "BFlat")
@@ -312,15 +309,15 @@ def _binary_entries(
     return entries
 
 
-def _time_rounds(entries: list[_Entry], xq: np.ndarray, *, rounds: int, say: Callable[[str], None]) -> None:
+def _time_rounds(entries: list[_Entry], xq: np.ndarray, *, rounds: int) -> None:
     """Rounds interleave the configurations, so a slow spell of the machine hits them all alike."""
     for r in range(max(1, rounds)):
-        say(f"timing round {r + 1}/{max(1, rounds)}: {len(entries)} configurations x {xq.shape[0]} queries")
+        log.info(f"timing round {r + 1}/{max(1, rounds)}: {len(entries)} configurations x {xq.shape[0]} queries")
         for e in entries:
             e.run_round(xq)
 
 
-def _row(e: _Entry, gt: np.ndarray, k: int, *, say: Callable[[str], None]) -> _Row:
+def _row(e: _Entry, gt: np.ndarray, k: int) -> _Row:
     """Recall against the exact top k, latency percentiles, batch time, build time and size of one entry."""
     assert e.ids is not None
     single = np.asarray(e.single_ms)
@@ -334,7 +331,9 @@ def _row(e: _Entry, gt: np.ndarray, k: int, *, say: Callable[[str], None]) -> _R
         e.bytes_per_item,
         e.params,
     )
-    say(f"{e.name} {e.params}: recall@{k} {row.recall_at_10:.4f}  p50 {row.p50_ms:.3f} ms  p99 {row.p99_ms:.3f} ms")
+    log.info(
+        f"{e.name} {e.params}: recall@{k} {row.recall_at_10:.4f}  p50 {row.p50_ms:.3f} ms  p99 {row.p99_ms:.3f} ms"
+    )
     return row
 
 
