@@ -62,12 +62,14 @@ def serve(
     token: str | None = None,
     limits: Limits | None = None,
     threads: int = 1,
+    verify: bool = False,
     say: Callable[[str], None] = lambda s: None,
 ) -> None:
     """Load ``run`` and ``bundles`` and serve them until interrupted (see :mod:`dscmr.serve.app`).
 
     ``threads`` is the torch and FAISS (OpenMP) thread count of one request: requests run in parallel on a
-    thread pool, so 1 avoids oversubscribing the cores.
+    thread pool, so 1 avoids oversubscribing the cores. ``verify`` checks every bundle file's SHA-256 at each
+    load and reload.
     """
     check_bind(host, token)
     if not 0 < port < 65536:
@@ -85,7 +87,7 @@ def serve(
     from dscmr.serve.app import create_app
     from dscmr.serve.state import ServeState
 
-    state = ServeState(run, bundles)
+    state = ServeState(run, bundles, verify=verify)
     say(
         f"loaded {len(state.names)} bundle(s): "
         + ", ".join(f"{b.name} ({b.retriever.bundle.count} {b.modality}s)" for b in state.all())

@@ -172,13 +172,15 @@ class ServeState:
     Args:
         run: Run folder or loaded run.
         bundles: Bundle folders; each is served under its folder name.
+        verify: Check every bundle file's SHA-256 against its manifest at each load and reload.
     """
 
-    def __init__(self, run: LoadedRun | str | Path, bundles: list[str | Path]) -> None:
+    def __init__(self, run: LoadedRun | str | Path, bundles: list[str | Path], *, verify: bool = False) -> None:
         if not bundles:
             raise UsageError("pass at least one --index BUNDLE")
         self.run = as_run(run)
         self.raw = self.run.config.data.format in raw_formats()
+        self.verify = verify
         self._paths: dict[str, Path] = {}
         for p in bundles:
             path = Path(p)
@@ -193,7 +195,7 @@ class ServeState:
 
     def _load(self, name: str, path: Path, *, version: int) -> LoadedBundle:
         sig = bundle_signature(path)
-        r = Retriever(self.run, path)
+        r = Retriever(self.run, path, verify=self.verify)
         return LoadedBundle(name, path, r, sig, version, time.time(), dataset_roots(r.bundle.manifest))
 
     @property

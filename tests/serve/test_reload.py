@@ -126,3 +126,21 @@ def test_reload_during_a_running_index_add(bundle, shapes_run):
         for h in client.post(SEARCH, json={"text": "a green triangle", "k": lb.retriever.bundle.count}).json()["hits"]
     ]
     assert sorted(ids) == list(range(lb.retriever.bundle.count))
+
+
+def test_verify_refuses_a_bundle_whose_file_was_altered(shapes_run, tmp_path):
+    """``serve --verify``: a file that no longer matches its manifest hash is refused at load, not served."""
+    import shutil
+
+    from dscmr.errors import IndexBundleError
+
+    bundle = tmp_path / "images"
+    shutil.copytree(shapes_run.images, bundle)
+    assert ServeState(shapes_run.run, [bundle], verify=True).get("images").retriever.bundle.count > 0
+    target = next(p for p in (bundle / "vectors.npy", bundle / "float.faiss") if p.exists())
+    data = bytearray(target.read_bytes())
+    data[-8:] = bytes(x ^ 0xFF for x in data[-8:])  # same size, other content: only the hash check sees it
+    target.write_bytes(bytes(data))
+    ServeState(shapes_run.run, [bundle])  # without --verify it loads
+    with pytest.raises(IndexBundleError):
+        ServeState(shapes_run.run, [bundle], verify=True)
