@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -74,6 +75,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_LINUX = sys.platform.startswith("linux")
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to send the server SIGTERM when this process dies, even by SIGKILL, so no server outlives a bench."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def start_server(
     run: str | Path, bundles: list[str | Path], *, port: int, extra: tuple[str, ...] = (), timeout: float = 300.0
 ) -> subprocess.Popen:
@@ -89,7 +100,9 @@ def start_server(
     for b in bundles:
         cmd += ["--index", str(b)]
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=log, text=True, preexec_fn=_die_with_parent if _LINUX else None
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

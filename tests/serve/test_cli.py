@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 
 import pytest
 from typer.testing import CliRunner
@@ -51,6 +55,47 @@ def test_bench_serve_prints_rows(shapes_run):
     assert bad.exit_code == 2 and "--clients" in bad.output
     bad = runner.invoke(app, [*args, "--clients", "a,b"])
     assert bad.exit_code == 2 and "--clients" in bad.output
+
+
+_STARTER = """
+import sys, time
+from dscmr.serve.bench import free_port, start_server
+proc = start_server(sys.argv[1], [sys.argv[2]], port=free_port())
+print(proc.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux only")
+def test_a_bench_server_stops_when_the_bench_is_killed(shapes_run, tmp_path):
+    """A SIGKILLed bench (no finally runs) must not leave its ``dscmr serve`` child running."""
+    bench = subprocess.Popen(
+        [sys.executable, "-c", _STARTER, str(shapes_run.run), str(shapes_run.texts)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        server_pid = int(bench.stdout.readline())  # printed once the server answers /healthz
+        os.kill(server_pid, 0)  # running
+    finally:
+        bench.kill()
+        bench.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _alive(server_pid):
+        time.sleep(0.1)
+    assert not _alive(server_pid), "the server outlived the killed bench"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our zombie (it is not our child; ignore)
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 _PROBE = """
