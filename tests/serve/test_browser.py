@@ -49,8 +49,12 @@ def test_type_a_query_then_upload_a_picture(browser, live_server, shapes_run, tm
     assert page.locator("#grid li img").first.evaluate("img => img.complete && img.naturalWidth > 0")
     assert "encode" in page.inner_text("#status") and "ms" in page.inner_text("#status")
     page.screenshot(path=str(tmp_path / f"{name}_text.png"), full_page=True)
-    if width < 600:  # narrow: one column of controls, no horizontal scrolling
+    if width < 600:  # narrow: one column of controls, no horizontal scrolling, results right under the search
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        first_card = page.locator("#grid li").first.bounding_box()
+        upload = page.locator("#drop").bounding_box()
+        assert first_card is not None and upload is not None and first_card["y"] < upload["y"]
+        assert first_card["y"] < 900, "the first result starts below the fold"
 
     # image -> text: upload a dataset picture, see a list of captions
     picture = sorted((shapes_run.folder / "images").glob("*.png"))[0]
