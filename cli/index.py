@@ -15,6 +15,11 @@ from dscmr.utils.progress import current_progress
 
 _VERIFY_HELP = "Check every bundle file's SHA-256 against the manifest (build: the result; add: before adding)."
 _DATA_HELP = "A TOML config, or a data path read with the run's data config [default: the run's own data]."
+_SHARDS_HELP = (
+    "Build a sharded bundle of N shards: train once, fill each shard with a slice of the items, search them "
+    "together with an exact merge (docs/scale.md)."
+)
+_RAY_HELP = "With --shards: fill the shards as Ray tasks on 'local' (this machine), 'auto' or a cluster address."
 
 
 @contextlib.contextmanager
@@ -37,6 +42,8 @@ def _print_summary(s: dict[str, Any], verb: str) -> None:
     if s["binary"]:
         b = s["binary"]
         parts.append(f"binary {b['method']} {b['bits']} bits {b['factory']}")
+    if s.get("shards"):
+        parts.append(f"{len(s['shards'])} shards ({', '.join(map(str, s['shards']))} items)")
     typer.echo(", ".join(parts) + f"; metrics {', '.join(s['metrics'])}; {s['bytes'] / 1e6:.2f} MB")
 
 
@@ -60,6 +67,8 @@ def build_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of training samples and projections."),
     verify: bool = typer.Option(False, "--verify", help=_VERIFY_HELP),
     engine: str | None = typer.Option(None, "--engine", help=ENGINE_HELP),
+    shards: int | None = typer.Option(None, "--shards", help=_SHARDS_HELP),
+    ray: str | None = typer.Option(None, "--ray", help=_RAY_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object, nothing else."),
 ) -> None:
     """Encode one modality of a dataset split with a run and write an index bundle."""
@@ -71,7 +80,7 @@ def build_cmd(
         bundle = build_from_options(
             run, out, modality=modality, data=data, split=split, progress=progress, verify=verify,
             float_factory=float_factory, no_float=no_float, binary=binary, bits=bits, binary_factory=binary_factory,
-            no_vectors=no_vectors, ef_search=ef_search, nprobe=nprobe, seed=seed,
+            no_vectors=no_vectors, ef_search=ef_search, nprobe=nprobe, seed=seed, shards=shards, ray=ray,
         )  # fmt: skip
     s = bundle.summary()
     if json_out:

@@ -174,7 +174,8 @@ def _write_binary(
 ) -> BinaryEntry:
     """Hash the items and fill the binary index; write ``binary.faiss`` and ``hasher.npz``."""
     assert spec.binary is not None
-    codes = hasher.encode(xb)
+    step = 1 << 16  # encode a chunk at a time: the projection makes float copies of its input
+    codes = np.concatenate([hasher.encode(xb[a : a + step]) for a in range(0, xb.shape[0], step)])
     bi = BinaryIndex(spec.bits, spec.binary_factory)
     bi.train(codes, seed=spec.seed)
     bi.add(codes)
@@ -294,7 +295,14 @@ def add_to_bundle(
             xb = as_float_matrix(embeddings, d=old.dim, what="item embeddings")
             manifest = _extended_manifest(old, xb.shape[0], items=items, source=source)
             with staging_dir(path) as tmp:
-                _append_files(tmp, old, xb, items=items, labels=labels, progress=progress, manifest=manifest)
+                if old.manifest.shards is not None:  # a sharded bundle: the rows go to its smallest shard
+                    from dscmr.indexing.shards import append_to_smallest_shard
+
+                    manifest = append_to_smallest_shard(
+                        tmp, old, xb, items=items, labels=labels, manifest=manifest, progress=progress
+                    )
+                else:
+                    _append_files(tmp, old, xb, items=items, labels=labels, progress=progress, manifest=manifest)
                 finish_manifest(tmp, manifest)
         finally:
             old.close()
@@ -333,9 +341,16 @@ def _append_files(
         old.binary_index.add(old.hasher.encode(xb))
         old.binary_index.save(tmp / BINARY_FILE)
         old.hasher.save(tmp / HASHER_FILE)
+    progress("add", xb.shape[0], xb.shape[0])
+    append_items(tmp, old, xb, items=items, labels=labels, manifest=manifest)
+
+
+def append_items(
+    tmp: Path, old: IndexBundle, xb: np.ndarray, *, items: list[str], labels: np.ndarray | None, manifest: Manifest
+) -> None:
+    """Write the old bundle's vectors and items table plus the new rows into ``tmp``."""
     if old.vectors is not None:
         write_vectors(tmp / VECTORS_FILE, old.vectors, l2_normalize(xb))
-    progress("add", xb.shape[0], xb.shape[0])
     shutil.copyfile((old.folder or old.path) / ITEMS_FILE, tmp / ITEMS_FILE)
     write_items(
         tmp / ITEMS_FILE,
@@ -347,4 +362,4 @@ def _append_files(
     )
 
 
-__all__ = ["BuildSpec", "add_to_bundle", "build_bundle"]
+__all__ = ["BuildSpec", "add_to_bundle", "append_items", "build_bundle"]

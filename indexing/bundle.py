@@ -10,6 +10,8 @@ Layout::
       hasher.npz      the code projection (sign / itq / learned), with the binary index
       vectors.npy     L2-normalised float vectors for hybrid re-ranking, with the binary index
       items.sqlite    id -> item (path, text or dataset id), labels, source
+      float-00000.faiss, binary-00000.faiss, ...   a sharded bundle's shards (format version 2; float.faiss and
+                      binary.faiss then hold the trained, empty index; see :mod:`dscmr.indexing.sharded_index`)
 
 Writes are atomic at the folder level (:mod:`dscmr.indexing.swap`): a bundle is built (or extended) in a hidden
 temporary folder beside the target, every file is fsynced, then the folder is renamed into place. An existing
@@ -59,6 +61,7 @@ from dscmr.indexing.manifest import (
     bundle_file,
     read_manifest,
 )
+from dscmr.indexing.sharded_index import load_sharded_binary, load_sharded_float
 from dscmr.indexing.swap import last_complete, lock_path, probe_writer, recover, staging_dir
 from dscmr.utils.io import atomic_write_json, file_sha256
 
@@ -144,6 +147,7 @@ class IndexBundle:
             "float": m.float.factory if m.float else None,
             "binary": {"method": binary.method, "bits": binary.bits, "factory": binary.factory} if binary else None,
             "bytes": m.bytes,
+            **({"shards": [s.count for s in m.shards]} if m.shards is not None else {}),
         }
 
     def items(self, ids: np.ndarray | list[int]) -> list[ItemRecord | None]:
@@ -226,6 +230,7 @@ def file_entries(folder: Path, names: list[str]) -> dict[str, FileEntry]:
 def finish_manifest(folder: Path, manifest: Manifest) -> Manifest:
     """Record file sizes and hashes, size the search defaults from the count, and write ``manifest.json``."""
     names = [n for n in BUNDLE_FILES if (folder / n).exists()]
+    names += [n for shard in manifest.shards or () for n in shard.files()]
     done = replace(manifest.with_search_defaults(), files=file_entries(folder, names), updated=now())
     atomic_write_json(folder / MANIFEST, done.to_dict())
     return done
@@ -335,16 +340,22 @@ def _load(path: Path, folder: Path, *, checkpoint_sha256: str | None, verify: bo
     m = manifest
     bundle = IndexBundle(path, manifest, folder=folder)
     if m.float is not None:
-        bundle.float_index = FloatIndex.load(folder / FLOAT_FILE, factory=m.float.factory, d=m.dim, mmap=mmap)
+        if m.shards is not None:
+            bundle.float_index = load_sharded_float(folder, m, mmap=mmap)
+        else:
+            bundle.float_index = FloatIndex.load(folder / FLOAT_FILE, factory=m.float.factory, d=m.dim, mmap=mmap)
         _check_count(bundle.float_index.ntotal, m.count, folder / FLOAT_FILE)
         nprobe = m.search_defaults().nprobe
         params = {**({"nprobe": float(nprobe)} if nprobe is not None else {}), **m.float.params}
         if params:
             bundle.float_index.set_params(**params)
     if m.binary is not None:
-        bundle.binary_index = BinaryIndex.load(
-            folder / BINARY_FILE, factory=m.binary.factory, bits=m.binary.bits, mmap=mmap
-        )
+        if m.shards is not None:
+            bundle.binary_index = load_sharded_binary(folder, m, mmap=mmap)
+        else:
+            bundle.binary_index = BinaryIndex.load(
+                folder / BINARY_FILE, factory=m.binary.factory, bits=m.binary.bits, mmap=mmap
+            )
         _check_count(bundle.binary_index.ntotal, m.count, folder / BINARY_FILE)
         bundle.hasher = LinearHasher.load(folder / HASHER_FILE)
         if bundle.hasher.bits != m.binary.bits or bundle.hasher.d != m.dim:

@@ -141,6 +141,8 @@ def build_from_run(
     spec: BuildSpec | None = None,
     progress: BuildProgress | None = None,
     verify: bool = False,
+    shards: int | None = None,
+    ray: str | None = None,
 ) -> IndexBundle:
     """Encode one modality of a split with a run and write a bundle of it at ``out``.
 
@@ -153,7 +155,10 @@ def build_from_run(
         spec: Indexes to build (default: exact float ``Flat``).
         progress: ``(stage, done, total)`` callback.
         verify: Check every written file's SHA-256 when loading the result.
+        shards: Build a sharded bundle of this many shards (:mod:`dscmr.indexing.shards`); None: one index.
+        ray: With ``shards``, fill the shards as Ray tasks (``local``, ``auto`` or a cluster address).
     """
+    check_shard_options(shards, ray)
     run = as_run(run)
     spec = spec or BuildSpec()
     dcfg = resolve_data(run, data)
@@ -161,9 +166,7 @@ def build_from_run(
     enc = encode_items(run, dcfg, modality=modality, split=split, dataset=ds)
     learned = learned_layer(run) if spec.binary == "learned" else None
     hash_train = _hash_train(run, ds) if spec.binary in ("sign", "itq") else None
-    return build_bundle(
-        out,
-        enc.embeddings,
+    options: dict[str, Any] = dict(
         modality=modality,
         items=enc.items,
         kind=enc.kind,
@@ -177,6 +180,28 @@ def build_from_run(
         progress=progress,
         verify=verify,
     )
+    if shards is not None:
+        from dscmr.indexing.shards import build_sharded_bundle
+
+        return build_sharded_bundle(out, enc.embeddings, shards=shards, ray=ray, **options)
+    return build_bundle(out, enc.embeddings, **options)
+
+
+def check_shard_options(shards: int | None, ray: str | None) -> None:
+    """``--shards`` at least 1 (its upper bound, the item count, is checked once the items are known); ``--ray``
+    only with ``--shards``, and Ray reachable, before any encoding.
+
+    Raises:
+        UsageError: A bad combination or value.
+    """
+    if ray is not None and shards is None:
+        raise UsageError("--ray fills the shards of a sharded build; pass --shards N too")
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int) or shards < 1):
+        raise UsageError(f"--shards must be a whole number from 1 to the number of items, got {shards!r}")
+    if ray is not None:
+        from dscmr.corpus.ray_runner import check_ray
+
+        check_ray(ray)
 
 
 def build_from_options(
@@ -188,6 +213,8 @@ def build_from_options(
     split: str = "test",
     progress: BuildProgress | None = None,
     verify: bool = False,
+    shards: int | None = None,
+    ray: str | None = None,
     **options: Any,
 ) -> IndexBundle:
     """``dscmr index build``: a :class:`BuildSpec` from the command's options, then :func:`build_from_run`.
@@ -197,11 +224,13 @@ def build_from_options(
             learned codes, else 64).
     """
     check_modality(modality)
+    check_shard_options(shards, ray)
     run = as_run(run)
     spec = BuildSpec.from_options(**options, learned_bits=int(run.model.hash_bits))
     return build_from_run(
-        run, out, modality=modality, data=data, split=split, spec=spec, progress=progress, verify=verify
-    )
+        run, out, modality=modality, data=data, split=split, spec=spec, progress=progress, verify=verify,
+        shards=shards, ray=ray,
+    )  # fmt: skip
 
 
 def add_from_run(

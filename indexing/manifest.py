@@ -27,6 +27,11 @@ Schema (format version 1; ``?`` marks a field that may be null)::
                      :func:`search_defaults`), recomputed on every build and add; an optional field, so format
                      version 1 is kept: a bundle without it falls back to the computed rule, and an older dscmr
                      ignores it
+    shards?         [{float?, binary?, ranges: [[first_id, count], ...]}, ...]: a sharded bundle (format version
+                     2, see :mod:`dscmr.indexing.sharded_index`). Shard i's files are ``float-0000i.faiss`` /
+                     ``binary-0000i.faiss``; its local id j is the j-th id of its ``ranges``, read in order.
+                     ``float.faiss`` / ``binary.faiss`` then hold the trained, empty index every shard was filled
+                     from (an IVF index's coarse quantizer). Bundles without shards keep format version 1.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ from dscmr.errors import IndexBundleError
 
 FORMAT = "dscmr-index-bundle"
 FORMAT_VERSION = 1
+SHARDED_FORMAT_VERSION = 2  # written only by sharded bundles, so an older dscmr refuses them with a clear message
+READABLE_VERSIONS = (FORMAT_VERSION, SHARDED_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 FLOAT_FILE = "float.faiss"
 BINARY_FILE = "binary.faiss"
@@ -55,6 +62,12 @@ ITEM_KINDS = ("path", "text", "id")
 BUNDLE_METRICS = ("cosine", "hamming", "hybrid")
 _HASH_METHODS = ("sign", "itq", "learned")  # indexing.hashing.HASH_METHODS, without importing faiss here
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+SHARD_FILE = re.compile(r"(float|binary)-\d{5}\.faiss")
+
+
+def shard_file(kind: str, index: int) -> str:
+    """The file name of shard ``index`` of the ``float`` or ``binary`` index: ``float-00003.faiss``."""
+    return f"{kind}-{index:05d}.faiss"
 
 
 class _Reader:
@@ -368,6 +381,46 @@ class Source:
 
 
 @dataclass(frozen=True)
+class ShardInfo:
+    """One shard of a sharded bundle: its index files and the bundle ids it holds.
+
+    Attributes:
+        ranges: ``(first_id, count)`` runs of bundle ids; the shard's local id j is the j-th id of the runs, in
+            order (a build gives one run per shard; every add to the shard appends one).
+        float: The shard's float index file, when the bundle has a float index.
+        binary: The shard's binary index file, when the bundle has a binary index.
+    """
+
+    ranges: tuple[tuple[int, int], ...]
+    float: str | None = None
+    binary: str | None = None
+
+    @property
+    def count(self) -> int:
+        return sum(c for _, c in self.ranges)
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(f for f in (self.float, self.binary) if f is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"float": self.float, "binary": self.binary, "ranges": [[a, c] for a, c in self.ranges]}
+
+    @classmethod
+    def parse(cls, r: _Reader) -> ShardInfo:
+        ranges = []
+        for run in r.list_("ranges") or []:
+            ok = isinstance(run, list) and len(run) == 2
+            if not ok or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in run):
+                raise r.error("shards[].ranges", "must be a list of [first_id, count] pairs of integers >= 0", run)
+            ranges.append((run[0], run[1]))
+        names = [r.str_(key, optional=True) for key in ("float", "binary")]
+        for key, name in zip(("float", "binary"), names, strict=True):
+            if name is not None and not (SHARD_FILE.fullmatch(name) and name.startswith(key)):
+                raise r.error(f"shards[].{key}", f"must be a {key}-NNNNN.faiss file name", name)
+        return cls(ranges=tuple(ranges), float=names[0], binary=names[1])
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A bundle's manifest: what it indexes, with which model, in which files (see the module docstring)."""
 
@@ -387,6 +440,7 @@ class Manifest:
     sources: tuple[Source, ...] = ()
     format_version: int = FORMAT_VERSION
     search: SearchDefaults | None = None
+    shards: tuple[ShardInfo, ...] | None = None
 
     def search_defaults(self) -> SearchDefaults:
         """The recorded search defaults, or (a bundle written before they were recorded) the computed rule."""
@@ -425,6 +479,8 @@ class Manifest:
             names += [BINARY_FILE, HASHER_FILE]
         if self.has_vectors:
             names.append(VECTORS_FILE)
+        for shard in self.shards or ():
+            names += shard.files()
         return tuple(names)
 
     def source_index(self, description: Mapping[str, Any] | None) -> int | None:
@@ -458,6 +514,8 @@ class Manifest:
             out["updated"] = self.updated
         if self.search is not None:
             out["search"] = self.search.to_dict()
+        if self.shards is not None:
+            out["shards"] = [s.to_dict() for s in self.shards]
         return out
 
     @classmethod
@@ -476,9 +534,10 @@ class Manifest:
             raise IndexBundleError(f"{where} is not a {FORMAT} manifest; rebuild the bundle")
         r = _Reader(data, where)
         version = r.get("format_version", optional=True)
-        if version != FORMAT_VERSION or isinstance(version, bool):
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise IndexBundleError(
-                f"{where} has bundle format version {version}, this dscmr reads version {FORMAT_VERSION}; "
+                f"{where} has bundle format version {version}, this dscmr reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}; "
                 "rebuild it with this version's `dscmr index build`"
             )
         for key in ("modality", "dim", "count", "run", "files"):
@@ -499,6 +558,8 @@ class Manifest:
             classes=_parse_classes(r),
             sources=tuple(Source.parse(_Reader(s, where, "sources[].")) for s in r.list_("sources") or []),
             search=_opt(r, "search", SearchDefaults.parse),
+            shards=_parse_shards(r),
+            format_version=int(version),
         )
         _obj(r, "items").file_("file", ITEMS_FILE)
         missing = [n for n in m.required_files() if n not in m.files]
@@ -532,6 +593,24 @@ def _parse_files(r: _Reader) -> dict[str, FileEntry]:
     return out
 
 
+def _parse_shards(r: _Reader) -> tuple[ShardInfo, ...] | None:
+    """The ``shards`` list: only in format version 2, each shard naming the files of the bundle's indexes."""
+    shards = r.list_("shards", optional=True)
+    version = r.get("format_version")
+    if (shards is None) != (version == FORMAT_VERSION):
+        raise r.error("shards", f"must be present exactly in format version {SHARDED_FORMAT_VERSION}", shards)
+    if shards is None:
+        return None
+    if not shards:
+        raise r.error("shards", "must list at least one shard", shards)
+    parsed = tuple(ShardInfo.parse(_Reader(s, r.where, "shards[].")) for s in shards)
+    runs = sorted((a, c) for shard in parsed for a, c in shard.ranges if c > 0)
+    ends = [0] + [a + c for a, c in runs]
+    if any(a != end for (a, _), end in zip(runs, ends, strict=False)) or ends[-1] != r.get("count"):
+        raise r.error("shards", "must split the ids 0 .. count - 1 into disjoint runs", [s.ranges for s in parsed])
+    return parsed
+
+
 def _parse_metrics(r: _Reader) -> tuple[str, ...]:
     metrics = r.list_("metrics", optional=True) or []
     for m in metrics:
@@ -563,11 +642,11 @@ def check_file_name(name: object, *, where: str) -> str:
     Raises:
         IndexBundleError: Anything else, before the name is used as a path.
     """
-    if not isinstance(name, str) or name not in BUNDLE_FILES:
+    if not isinstance(name, str) or (name not in BUNDLE_FILES and not SHARD_FILE.fullmatch(name)):
         shown = repr(name)[:60]
         raise IndexBundleError(
             f"{where}: 'files' names {shown}, which is not a file of the bundle layout "
-            f"({', '.join(BUNDLE_FILES)}); rebuild the bundle"
+            f"({', '.join(BUNDLE_FILES)}, float-NNNNN.faiss, binary-NNNNN.faiss); rebuild the bundle"
         )
     return name
 
@@ -620,8 +699,12 @@ __all__ = [
     "FloatEntry",
     "Manifest",
     "RunInfo",
+    "READABLE_VERSIONS",
     "SEARCH_RULE",
+    "SHARDED_FORMAT_VERSION",
+    "SHARD_FILE",
     "SearchDefaults",
+    "ShardInfo",
     "Source",
     "bundle_file",
     "check_file_name",
@@ -630,4 +713,5 @@ __all__ = [
     "ivf_nlist",
     "read_manifest",
     "search_defaults",
+    "shard_file",
 ]
