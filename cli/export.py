@@ -9,7 +9,7 @@ import typer
 
 from dscmr.cli._common import cli_errors, print_json
 
-ENGINE_HELP = "Encoder engine: torch, onnx or onnx-int8 (ONNX Runtime; docs/onnx.md) [default: the run's, torch]."
+ENGINE_HELP = "Encoder engine: auto, torch, onnx or onnx-int8 (ONNX Runtime; docs/onnx.md) [default: the run's]."
 
 
 def run_with_engine(run: Path, engine: str | None) -> Any:

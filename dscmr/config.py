@@ -25,7 +25,7 @@ from dscmr.errors import ConfigError
 T = TypeVar("T")
 
 NORM_CHOICES = ("mean_l2", "frobenius")
-ENGINE_CHOICES = ("torch", "onnx", "onnx-int8")  # dscmr.encoders.engine.ENGINES
+ENGINE_CHOICES = ("auto", "torch", "onnx", "onnx-int8")  # dscmr.encoders.engine.ENGINES
 IMAGE_FIT_CHOICES = ("crop", "pad", "stretch")  # dscmr.encoders.image.FIT_CHOICES
 IMAGE_VIEWS_CHOICES = ("one", "flip", "five", "ten")  # dscmr.encoders.image.VIEW_CHOICES
 MULTI_CAPTION_CHOICES = ("off", "joined", "mean")  # dscmr.data.views
@@ -62,8 +62,9 @@ class DataConfig:
             ``dscmr vision classify``) instead of the ImageNet ones ("" = ImageNet).
         text_model: Folder datasets: sentence-transformers model name or path ("" = offline all-MiniLM-L6-v2).
         cache_dir: Folder datasets: where cached features go ("" = ~/.cache/dscmr).
-        engine: Folder datasets: how the frozen encoders run: ``torch``, ``onnx`` or ``onnx-int8`` (ONNX
-            Runtime; see docs/onnx.md). Recorded in the feature-cache key.
+        engine: Folder datasets: how the frozen encoders run: ``auto`` (ONNX Runtime when it is installed, else
+            torch; trainable encoder tops always run in torch), ``torch``, ``onnx`` or ``onnx-int8`` (see
+            docs/onnx.md). The engine that ran is recorded in the feature-cache key.
         captions_file: Folder datasets: the captions file inside the folder ("" = ``captions.jsonl`` or
             ``.csv``; e.g. ``sentences.jsonl``, whose records may list several ``sentences``).
         multi_caption: Folder datasets: ``off`` (one row per record), or one row per image whose text is its
@@ -73,6 +74,9 @@ class DataConfig:
             losses on cached activations of the frozen part (0 = frozen pooled features).
         image_train_views: Folder datasets: augmented views (random resized crops, flips) cached per training
             image and drawn from during training (0 = the deterministic view only).
+        text_train_layers: Folder datasets: last transformer layers of the sentence encoder trained with the DSCMR
+            losses on cached token states of the frozen part (0 = frozen sentence vectors; at most the model's
+            layer count, 6 for all-MiniLM-L6-v2; needs ``engine`` 'torch' or 'auto').
     """
 
     format: str = "wikipedia"
@@ -93,11 +97,12 @@ class DataConfig:
     image_backbone_weights: str = ""
     text_model: str = ""
     cache_dir: str = ""
-    engine: str = "torch"
+    engine: str = "auto"
     captions_file: str = ""
     multi_caption: str = "off"
     image_train_blocks: int = 0
     image_train_views: int = 0
+    text_train_layers: int = 0
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,7 @@ class TrainConfig:
         weight_decay: Adam weight decay.
         patience: Stop after this many epochs without a validation improvement (0 disables early stopping).
         image_top_lr: Adam learning rate of the trainable image top (``data.image_train_blocks``; 0 = ``lr``).
+        text_top_lr: Adam learning rate of the trainable text top (``data.text_train_layers``; 0 = ``lr``).
         seed: Seed for python, numpy and torch (weights init and data order).
         threads: torch intra-op threads (0 leaves torch's default).
         checkpoint_every: Save resumable training state every N epochs.
@@ -165,6 +171,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 50
     image_top_lr: float = 0.0
+    text_top_lr: float = 0.0
     seed: int = 0
     threads: int = 0
     checkpoint_every: int = 10
@@ -214,6 +221,12 @@ class Config:
             )
         if self.data.image_train_blocks < 0 or self.data.image_train_views < 0:
             raise ConfigError("data.image_train_blocks and data.image_train_views must be >= 0")
+        if self.data.text_train_layers < 0:
+            raise ConfigError(f"data.text_train_layers must be >= 0, got {self.data.text_train_layers}")
+        if self.data.text_train_layers and self.data.engine not in ("auto", "torch"):
+            raise ConfigError("data.text_train_layers needs data.engine = 'torch' or 'auto'")
+        if self.train.text_top_lr < 0:
+            raise ConfigError(f"train.text_top_lr must be >= 0 (0 = train.lr), got {self.train.text_top_lr}")
         if self.train.batch_size <= 0 or self.train.epochs <= 0:
             raise ConfigError("train.batch_size and train.epochs must be positive")
         if not 0.0 <= self.model.dropout < 1.0:

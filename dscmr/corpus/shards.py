@@ -18,6 +18,7 @@ from typing import Any
 from dscmr.config import DataConfig
 from dscmr.data.features_dir import FeaturesDir, FeaturesManifest, ShardEntry
 from dscmr.encoders import fingerprint_files, fingerprint_texts
+from dscmr.errors import ConfigError
 
 IMAGE_BATCH = 32  # default images per backbone call
 TEXT_BATCH = 64  # default texts per SentenceTransformer batch
@@ -119,8 +120,19 @@ class ShardEncoder:
 
     @classmethod
     def from_config(cls, folder: str | Path, cfg: DataConfig, *, batch_size: int = 0) -> ShardEncoder:
-        """The encoders a data config describes (``data.image_backbone``, ``image_size``, ``text_model``)."""
+        """The encoders a data config describes (``data.image_backbone``, ``image_size``, ``text_model``).
+
+        Raises:
+            ConfigError: The config trains an encoder top (its features are activations or token rows, not the
+                pooled vectors a features folder holds).
+        """
         from dscmr.encoders import image_encoder_for, text_encoder_for
+
+        if cfg.image_train_blocks or cfg.image_train_views or cfg.text_train_layers:
+            raise ConfigError(
+                "a features folder holds frozen pooled features; set data.image_train_blocks, image_train_views and "
+                "text_train_layers to 0 for dscmr encode"
+            )
 
         return cls(
             folder, image_encoder=image_encoder_for(cfg), text_encoder=text_encoder_for(cfg), batch_size=batch_size

@@ -11,6 +11,10 @@ A folder dataset lists image-text pairs; an image with five sentences appears in
 With ``data.image_train_views = V > 0``, ``TrainViews.img`` holds ``V`` augmented views of every training image
 (random resized crops and flips, see :mod:`dscmr.encoders.partial`), ``(V, n_train, d_img)``, and training draws
 one per image per epoch; validation and test use the deterministic view in ``Split.img``.
+
+With ``data.text_train_layers > 0`` the text features are token rows of the sentence encoder's frozen part
+(:mod:`dscmr.encoders.text_partial`); a ``mean`` row then holds all its sentences' tokens, and the model's text top
+averages their fine-tuned sentence vectors.
 """
 
 from __future__ import annotations
@@ -57,13 +61,15 @@ def _group_rows(split: Split) -> tuple[np.ndarray, list[np.ndarray]]:
     return np.asarray([g[0] for g in rows], dtype=np.int64), rows
 
 
-def regroup_split(split: Split, mode: str, *, encode_texts: Any) -> tuple[Split, np.ndarray]:
+def regroup_split(split: Split, mode: str, *, encode_texts: Any, mean_rows: Any = None) -> tuple[Split, np.ndarray]:
     """One row per image: ``(split, sentence_views)`` with ``sentence_views`` ``(S, n_images, d_txt)``.
 
     Args:
         split: A split with one row per image-sentence pair (``img_items`` and ``txt_items`` set).
         mode: ``joined`` (encode the sentences joined with spaces) or ``mean`` (mean sentence embedding).
         encode_texts: ``texts -> (n, d_txt)`` features (the dataset's cached text encoder).
+        mean_rows: ``[rows of one image (k, d_txt), ...] -> (n_images, d)`` for ``mean`` (default: the mean row;
+            token rows use :func:`~dscmr.encoders.text_partial.stack_sentences`).
     """
     if len(split) == 0:
         return split, np.zeros((1, 0, split.txt.shape[1]), dtype=np.float32)
@@ -72,6 +78,8 @@ def regroup_split(split: Split, mode: str, *, encode_texts: Any) -> tuple[Split,
     joined = tuple(" ".join(split.txt_items[i] for i in g) for g in rows)
     if mode == "joined":
         txt = np.asarray(encode_texts(list(joined)), dtype=np.float32)  # (n_images, d_txt)
+    elif mean_rows is not None:
+        txt = np.asarray(mean_rows([split.txt[g] for g in rows]), dtype=np.float32)
     else:
         txt = np.stack([split.txt[g].mean(0) for g in rows]).astype(np.float32)
     s = max(len(g) for g in rows)
@@ -86,6 +94,7 @@ def with_views(
     *,
     encode_texts: Any,
     image_views: Any = None,
+    mean_rows: Any = None,
 ) -> FeatureDataset:
     """The dataset regrouped per image and given training views, as ``cfg`` asks (unchanged when it asks nothing).
 
@@ -94,6 +103,7 @@ def with_views(
         cfg: ``multi_caption`` and ``image_train_views``.
         encode_texts: ``texts -> (n, d_txt)`` (for ``joined``).
         image_views: ``(paths, views) -> (views, n, d_img)`` augmented image features of the training images.
+        mean_rows: How ``mean`` combines an image's sentence rows (see :func:`regroup_split`).
     """
     if cfg.multi_caption == "off" and cfg.image_train_views == 0:
         return ds
@@ -101,7 +111,9 @@ def with_views(
     txt_views = None
     if cfg.multi_caption != "off":
         for name in parts:
-            parts[name], sentences = regroup_split(parts[name], cfg.multi_caption, encode_texts=encode_texts)
+            parts[name], sentences = regroup_split(
+                parts[name], cfg.multi_caption, encode_texts=encode_texts, mean_rows=mean_rows
+            )
             if name == "train":
                 txt_views = sentences
     img_views = None
@@ -137,4 +149,11 @@ def load_views(
     def image_views(paths: list[str], views: int) -> np.ndarray:
         return view_activations(paths, encoder=partial_encoder_for(cfg), cache=cache, views=views)
 
-    return with_views(ds, cfg, encode_texts=encode_texts, image_views=image_views)
+    mean_rows = None
+    if cfg.text_train_layers > 0:
+        from dscmr.encoders.text_partial import pad_rows, stack_sentences
+
+        def mean_rows(groups: list[np.ndarray]) -> np.ndarray:
+            return pad_rows([stack_sentences(list(g), width=encoder.dim) for g in groups])
+
+    return with_views(ds, cfg, encode_texts=encode_texts, image_views=image_views, mean_rows=mean_rows)

@@ -15,6 +15,7 @@ import numpy as np
 
 from dscmr.config import DataConfig
 from dscmr.encoders.cache import FeatureCache, default_cache_dir, fingerprint_files, fingerprint_texts
+from dscmr.encoders.engine import resolve_engine
 from dscmr.encoders.image import ImageDecodeError, ImageEncoder
 from dscmr.encoders.text import TextEncoder, check_texts
 from dscmr.errors import QueryError
@@ -45,27 +46,37 @@ def image_encoder_for(cfg: DataConfig) -> ImageEncoder:
             "views": cfg.image_views,
             "weights": cfg.image_backbone_weights or None,
         }
-        if cfg.engine == "torch":
+        engine = resolve_engine(cfg.engine)
+        if engine == "torch":
             _image_encoders[key] = ImageEncoder(cfg.image_backbone, **opts)
         else:
             from dscmr.encoders.engine import OnnxImageEncoder
 
-            cache = default_cache_dir(cfg.cache_dir)
-            _image_encoders[key] = OnnxImageEncoder(cfg.image_backbone, engine=cfg.engine, cache_dir=cache, **opts)
+            # exports depend only on the weights, so they live in the machine's cache, not data.cache_dir
+            cache = default_cache_dir()
+            _image_encoders[key] = OnnxImageEncoder(cfg.image_backbone, engine=engine, cache_dir=cache, **opts)
     return _image_encoders[key]
 
 
 def text_encoder_for(cfg: DataConfig) -> TextEncoder:
-    """The (process-wide, memoised) text encoder a data config describes (``data.engine`` included)."""
+    """The (process-wide, memoised) text encoder a data config describes (``data.engine`` included).
+
+    With ``data.text_train_layers > 0`` it is the frozen bottom of the sentence encoder, giving token rows
+    (:mod:`dscmr.encoders.text_partial`).
+    """
+    if cfg.text_train_layers > 0:
+        from dscmr.encoders.text_partial import partial_text_encoder_for
+
+        return partial_text_encoder_for(cfg)
     key = (cfg.text_model, cfg.engine, cfg.cache_dir)
     if key not in _text_encoders:
-        if cfg.engine == "torch":
+        engine = resolve_engine(cfg.engine)
+        if engine == "torch":
             _text_encoders[key] = TextEncoder(cfg.text_model)
         else:
             from dscmr.encoders.engine import OnnxTextEncoder
 
-            cache = default_cache_dir(cfg.cache_dir)
-            _text_encoders[key] = OnnxTextEncoder(cfg.text_model, engine=cfg.engine, cache_dir=cache)
+            _text_encoders[key] = OnnxTextEncoder(cfg.text_model, engine=engine, cache_dir=default_cache_dir())
     return _text_encoders[key]
 
 
@@ -125,7 +136,8 @@ def encode_queries(run: Any, *, texts: list[str] | None = None, image_paths: lis
 
     The run's config says which encoders produced its training features (``data.image_backbone``,
     ``data.image_size``, ``data.image_fit``, ``data.image_views``, ``data.image_backbone_weights``,
-    ``data.text_model``); the same ones encode the queries.
+    ``data.text_model``); the same ones encode the queries. A run that trained the last layers of its sentence
+    encoder (``data.text_train_layers``) gets token rows of the frozen part, which its model's text top encodes.
     Apply ``run.model.encode_text`` / ``encode_image`` to the result to get common-space embeddings.
 
     Args:
@@ -158,6 +170,8 @@ def encode_queries(run: Any, *, texts: list[str] | None = None, image_paths: lis
         items = check_texts(texts, what="query text")
         feats = text_encoder_for(data).encode(items)
         expected = int(getattr(model, "txt_dim", None) or feats.shape[1])
+        if data.text_train_layers > 0 and feats.shape[1] % expected == 0:
+            expected = feats.shape[1]  # token rows: any number of tokens of width txt_dim
     else:
         assert image_paths is not None
         if not image_paths:

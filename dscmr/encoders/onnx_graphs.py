@@ -26,7 +26,7 @@ from dscmr.utils.io import atomic_write_with
 
 OPSET = 17
 # Bump when the exported graphs change (invalidates exported files in the cache and the feature cache).
-ONNX_EXPORT_VERSION = 3
+ONNX_EXPORT_VERSION = 4  # 4: EfficientNet-Lite's SAME pads as constants (odd sides were wrong)
 # Operator types dynamically quantized by the int8 engine; none on the image side (dscmr.encoders.engine says why).
 INT8_IMAGE_OPS: tuple[str, ...] = ()
 INT8_TEXT_OPS: tuple[str, ...] = ("MatMul",)  # the transformer's MatMuls; not the Gemm layers of a DSCMR head

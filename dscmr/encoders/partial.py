@@ -161,8 +161,8 @@ _encoders: dict[tuple[Any, ...], PartialImageEncoder] = {}
 
 def partial_encoder_for(cfg: DataConfig) -> PartialImageEncoder:
     """The (process-wide, memoised) split encoder of a data config (``image_train_blocks`` may be 0)."""
-    if cfg.engine != "torch":
-        raise ConfigError("data.image_train_blocks and image_train_views need data.engine = 'torch'")
+    if cfg.engine not in ("auto", "torch"):
+        raise ConfigError("data.image_train_blocks and image_train_views need data.engine = 'torch' or 'auto'")
     key: tuple[Any, ...] = (cfg.image_backbone, cfg.image_size, cfg.image_fit, cfg.image_views)
     key += (cfg.image_backbone_weights, cfg.image_train_blocks)
     if key not in _encoders:

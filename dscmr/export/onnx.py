@@ -82,6 +82,12 @@ def _check_raw(run: LoadedRun) -> None:
             f"{run.run_dir} uses data.image_views={views!r}, data.image_train_blocks={blocks}; the ONNX export "
             "covers single-view queries through a frozen backbone (image_views='one', image_train_blocks=0)"
         )
+    layers = getattr(data, "text_train_layers", 0)
+    if layers:
+        raise UsageError(
+            f"{run.run_dir} trained the last {layers} layer(s) of its sentence encoder (data.text_train_layers); "
+            "the ONNX export covers queries through a frozen sentence encoder only (text_train_layers=0)"
+        )
 
 
 def _write_graphs(run: LoadedRun, tmp: Path, *, int8: bool) -> tuple[ImageGraph, TextGraph]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from dscmr.errors import CheckpointError
 from dscmr.models.image_top import ImageTop
+from dscmr.models.text_top import TextTop
 
 
 class DSCMROutput(NamedTuple):
@@ -93,6 +94,10 @@ class DSCMRSpec:
         img_top: Registered backbone whose last ``img_top_blocks`` blocks (and head conv) run on the image input
             (flattened activations of its frozen part, :class:`~dscmr.models.image_top.ImageTop`); "" = none.
         img_top_blocks: Blocks in that top (0 = no top: the image input is pooled features).
+        txt_top: Sentence-transformers model (as ``data.text_model``; "" = offline all-MiniLM-L6-v2) whose last
+            ``txt_top_layers`` transformer layers run on the text input (token rows of its frozen part,
+            :class:`~dscmr.models.text_top.TextTop`); then ``txt_dim`` is the width of one token (hidden + 1).
+        txt_top_layers: Layers in that top (0 = no top: the text input is sentence vectors).
     """
 
     ARCHITECTURE: ClassVar[str] = "dscmr"
@@ -107,6 +112,8 @@ class DSCMRSpec:
     hash_bits: int = 0
     img_top: str = ""
     img_top_blocks: int = 0
+    txt_top: str = ""
+    txt_top_layers: int = 0
 
     def __post_init__(self) -> None:
         for name in ("img_dim", "txt_dim", "num_classes", "common_dim"):
@@ -120,6 +127,9 @@ class DSCMRSpec:
             object.__setattr__(self, name, tuple(widths))
         _check_int("hash_bits", self.hash_bits, low=0)
         _check_int("img_top_blocks", self.img_top_blocks, low=0)
+        _check_int("txt_top_layers", self.txt_top_layers, low=0)
+        if not isinstance(self.txt_top, str):
+            raise ValueError(f"txt_top must be a text model name or path, got {self.txt_top!r}")
         if self.img_top_blocks and not (isinstance(self.img_top, str) and self.img_top):
             raise ValueError(f"img_top must name a backbone when img_top_blocks > 0, got {self.img_top!r}")
         if self.hash_bits % 8:
@@ -170,6 +180,8 @@ class DSCMRSpec:
             hash_bits=self.hash_bits,
             img_top=self.img_top,
             img_top_blocks=self.img_top_blocks,
+            txt_top=self.txt_top,
+            txt_top_layers=self.txt_top_layers,
         )
 
 
@@ -192,6 +204,8 @@ class DSCMR(nn.Module):
         hash_bits: Width of the optional learned hash layer ``tanh(W u)``; 0 disables it.
         img_top: Backbone whose trainable top runs first on the image input ("" = none; see :class:`DSCMRSpec`).
         img_top_blocks: Blocks in that top.
+        txt_top: Text model whose trainable top runs first on the text input (see :class:`DSCMRSpec`).
+        txt_top_layers: Transformer layers in that top (0 = none).
     """
 
     def __init__(
@@ -207,6 +221,8 @@ class DSCMR(nn.Module):
         hash_bits: int = 0,
         img_top: str = "",
         img_top_blocks: int = 0,
+        txt_top: str = "",
+        txt_top_layers: int = 0,
     ) -> None:
         super().__init__()
         self.spec = DSCMRSpec(
@@ -220,14 +236,18 @@ class DSCMR(nn.Module):
             hash_bits=hash_bits,
             img_top=img_top,
             img_top_blocks=img_top_blocks,
+            txt_top=txt_top,
+            txt_top_layers=txt_top_layers,
         )  # validates the shape
         self.img_dim, self.txt_dim, self.num_classes = img_dim, txt_dim, num_classes
         self.img_top = ImageTop.build(img_top, img_top_blocks, img_dim) if img_top_blocks else None
+        self.txt_top = TextTop.build(txt_top, txt_top_layers, txt_dim) if txt_top_layers else None
         feat_dim = self.img_top.num_features if self.img_top is not None else img_dim  # the subnet's input
+        txt_feat = self.txt_top.num_features if self.txt_top is not None else txt_dim
         self.img_norm = InputNorm(feat_dim)
-        self.txt_norm = InputNorm(txt_dim)
+        self.txt_norm = InputNorm(txt_feat)
         self.img_net = make_subnet(feat_dim, tuple(img_hidden), dropout=dropout)
-        self.txt_net = make_subnet(txt_dim, tuple(txt_hidden), dropout=dropout)
+        self.txt_net = make_subnet(txt_feat, tuple(txt_hidden), dropout=dropout)
         subnet_out = img_hidden[-1] if img_hidden else feat_dim
         self.common = nn.Linear(subnet_out, common_dim)  # shared by both modalities
         self.classifier = nn.Linear(common_dim, num_classes)  # shared label classifier
@@ -249,6 +269,8 @@ class DSCMR(nn.Module):
         return self.img_net(self.img_norm(x))  # (B, H), the image subnet's output
 
     def _text_hidden(self, x: torch.Tensor) -> torch.Tensor:
+        if self.txt_top is not None:
+            x = self.txt_top(x)  # (B, hidden), sentence vectors from the frozen part's token rows
         return self.txt_net(self.txt_norm(x))  # (B, H)
 
     def _image_common(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,7 +284,8 @@ class DSCMR(nn.Module):
         return self._image_common(x) - self.center
 
     def encode_text(self, x: torch.Tensor) -> torch.Tensor:
-        """Text features ``(B, txt_dim)`` -> common-space retrieval embeddings ``(B, D)`` (minus the centre)."""
+        """Text features ``(B, txt_dim)`` (with a text top: token rows ``(B, L * txt_dim)``) -> common-space
+        retrieval embeddings ``(B, D)`` (minus the centre)."""
         return self._text_common(x) - self.center
 
     def set_center(self, center: torch.Tensor | None) -> None:

@@ -1,9 +1,10 @@
 """The trainer's hooks for trainable encoders and training views (:mod:`dscmr.data.views`).
 
 - :func:`init_image_top` loads the backbone's pretrained weights into the model's trainable image top;
-- :func:`set_input_stats` fits the input standardisation on what the subnets will see in training (the top's
-  pooled output for the eval view; every sentence and image view when the dataset has views);
-- :func:`param_groups` gives the image top its own learning rate (``train.image_top_lr``);
+- :func:`set_input_stats` fits the input standardisation on what the subnets will see in training (the tops'
+  pooled outputs for the eval view; every sentence and image view when the dataset has views);
+- :func:`param_groups` gives the image and text tops their own learning rates (``train.image_top_lr``,
+  ``train.text_top_lr``); the text top (``data.text_train_layers``) starts from the pretrained layers as built;
 - :func:`batch_inputs` draws, for each row of a batch, one of its image views and one of its sentences.
 """
 
@@ -29,14 +30,14 @@ def init_image_top(model: DSCMR, cfg: Config) -> None:
 
 
 @torch.no_grad()
-def _pooled(model: DSCMR, x: np.ndarray, *, batch_size: int = 256) -> torch.Tensor:
-    """What the image subnet sees for inputs ``x``: the top's pooled output (eval mode), else ``x``."""
-    if model.img_top is None:
+def _pooled(top: torch.nn.Module | None, x: np.ndarray, *, batch_size: int = 256) -> torch.Tensor:
+    """What a subnet sees for inputs ``x``: its top's pooled output (eval mode), else ``x``."""
+    if top is None:
         return torch.from_numpy(np.asarray(x, dtype=np.float32))
-    was_training = model.img_top.training
-    model.img_top.eval()
-    out = torch.cat([model.img_top(torch.from_numpy(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
-    model.img_top.train(was_training)
+    was_training = top.training
+    top.eval()
+    out = torch.cat([top(torch.from_numpy(np.asarray(x[i : i + batch_size]))) for i in range(0, len(x), batch_size)])
+    top.train(was_training)
     return out
 
 
@@ -45,20 +46,22 @@ def set_input_stats(model: DSCMR, ds: FeatureDataset) -> None:
     views = getattr(ds, "views", None)
     img_src = ds.train.img if views is None or views.img is None else views.img.reshape(-1, views.img.shape[-1])
     txt_src = ds.train.txt if views is None or views.txt is None else views.txt.reshape(-1, views.txt.shape[-1])
-    img = _pooled(model, img_src)
-    txt = torch.from_numpy(np.asarray(txt_src, dtype=np.float32))
+    img = _pooled(model.img_top, img_src)
+    txt = _pooled(model.txt_top, txt_src)
     model.img_norm.set_stats(img.mean(0), img.std(0))
     model.txt_norm.set_stats(txt.mean(0), txt.std(0))
 
 
 def param_groups(model: DSCMR, cfg: Config) -> list[dict[str, Any]]:
-    """Adam parameter groups: the image top at ``train.image_top_lr`` (0 = ``train.lr``), the rest at ``train.lr``."""
-    if model.img_top is None or cfg.train.image_top_lr <= 0:
+    """Adam parameter groups: the image top at ``train.image_top_lr``, the text top at ``train.text_top_lr``
+    (0 = ``train.lr``), the rest at ``train.lr``."""
+    tops = [(model.img_top, cfg.train.image_top_lr), (model.txt_top, cfg.train.text_top_lr)]
+    own = [(list(top.parameters()), lr) for top, lr in tops if top is not None and lr > 0]
+    if not own:
         return [{"params": list(model.parameters())}]
-    top = list(model.img_top.parameters())
-    top_ids = {id(p) for p in top}
-    rest = [p for p in model.parameters() if id(p) not in top_ids]
-    return [{"params": rest}, {"params": top, "lr": cfg.train.image_top_lr}]
+    taken = {id(p) for params, _ in own for p in params}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    return [{"params": rest}, *({"params": params, "lr": lr} for params, lr in own)]
 
 
 def batch_inputs(

@@ -19,7 +19,7 @@ import torch
 
 from dscmr.config import Config
 from dscmr.data import FeatureDataset, load_dataset, resolve_data_root
-from dscmr.errors import DataError
+from dscmr.errors import ConfigError, DataError
 from dscmr.losses import DSCMRLoss
 from dscmr.models import DSCMR, DSCMROutput, DSCMRSpec
 from dscmr.train.checkpoint import model_meta, save_model
@@ -66,7 +66,7 @@ def model_spec(cfg: Config, ds: FeatureDataset) -> DSCMRSpec:
     m = cfg.model
     return DSCMRSpec(
         ds.img_dim,
-        ds.txt_dim,
+        _text_input_width(cfg, ds),
         ds.num_classes,
         img_hidden=m.img_hidden,
         txt_hidden=m.txt_hidden,
@@ -75,7 +75,24 @@ def model_spec(cfg: Config, ds: FeatureDataset) -> DSCMRSpec:
         hash_bits=m.hash_bits,
         img_top=cfg.data.image_backbone if cfg.data.image_train_blocks else "",
         img_top_blocks=cfg.data.image_train_blocks,
+        txt_top=cfg.data.text_model if cfg.data.text_train_layers else "",
+        txt_top_layers=cfg.data.text_train_layers,
     )
+
+
+def _text_input_width(cfg: Config, ds: FeatureDataset) -> int:
+    """The model's ``txt_dim``: the data's text width, or one token's width with a text top (token rows)."""
+    if not cfg.data.text_train_layers:
+        return ds.txt_dim
+    from dscmr.encoders.text_partial import partial_text_encoder_for
+
+    width = partial_text_encoder_for(cfg.data).dim
+    if ds.txt_dim % width:
+        raise ConfigError(
+            f"data.text_train_layers needs token rows of the sentence encoder (width a multiple of {width}), "
+            f"but the dataset's text features are {ds.txt_dim}-d; use a folder or built-in dataset"
+        )
+    return width
 
 
 @dataclass

@@ -72,8 +72,13 @@ tf_batch_norm: Callable[[int], nn.Module] = partial(nn.BatchNorm2d, eps=1e-3, mo
 
 
 def pad_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
-    """Zero-pad ``(B, C, H, W)`` like TensorFlow's ``SAME``: output side ``ceil(H / stride)``, extra pixel after."""
-    ih, iw = x.shape[-2:]
+    """Zero-pad ``(B, C, H, W)`` like TensorFlow's ``SAME``: output side ``ceil(H / stride)``, extra pixel after.
+
+    The sizes are read as Python ints, so a traced export bakes the pads for its static input size in as constants:
+    traced as tensor arithmetic, ``-(-65 // 2)`` became ONNX's truncating division (32, not 33), and every odd side
+    (EfficientNet-Lite2 at 260 px: 65, 33, 17, 9) was padded wrongly.
+    """
+    ih, iw = int(x.shape[-2]), int(x.shape[-1])
     pad_h = max((-(-ih // stride) - 1) * stride + kernel_size - ih, 0)
     pad_w = max((-(-iw // stride) - 1) * stride + kernel_size - iw, 0)
     return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])

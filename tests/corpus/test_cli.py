@@ -31,6 +31,7 @@ def test_encode_json_then_rerun_keeps_every_shard(config_file: Path, tmp_path: P
         (["--set", "data.format=npz"], "raw datasets"),
         (["--shard-size", "0"], "--shard-size"),
         (["--set", "data.nope=1"], "unknown key"),
+        (["--set", "data.text_train_layers=1"], "frozen pooled features"),
     ],
 )
 def test_encode_errors_are_one_line(config_file: Path, tmp_path: Path, extra: list[str], message: str):

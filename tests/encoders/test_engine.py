@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from dscmr.config import Config, DataConfig
-from dscmr.encoders.engine import ENGINES, check_engine, onnxruntime_available, require_onnxruntime
+from dscmr.encoders import engine as engine_module
+from dscmr.encoders.engine import (
+    ENGINES,
+    check_engine,
+    onnxruntime_available,
+    require_onnxruntime,
+    resolve_engine,
+)
 from dscmr.errors import ConfigError
 from tests.encoders.helpers import TEST_IMAGE_SIZE
 
@@ -56,8 +63,8 @@ def onnx_text(onnx_cache, text_encoder):
 
 
 def test_unknown_engine_is_a_config_error():
-    assert check_engine("onnx") == "onnx" and ENGINES == ("torch", "onnx", "onnx-int8")
-    with pytest.raises(ConfigError, match="torch, onnx, onnx-int8"):
+    assert check_engine("onnx") == "onnx" and ENGINES == ("auto", "torch", "onnx", "onnx-int8")
+    with pytest.raises(ConfigError, match="auto, torch, onnx, onnx-int8"):
         check_engine("tensorrt")
     with pytest.raises(ConfigError, match="data.engine"):
         Config(data=DataConfig(engine="onnx-fp16"))
@@ -126,8 +133,10 @@ def test_data_config_engine_selects_the_encoders(onnx_cache):
     cfg = DataConfig(format="folder", image_size=TEST_IMAGE_SIZE, cache_dir=str(onnx_cache), engine="onnx")
     assert isinstance(image_encoder_for(cfg), OnnxImageEncoder)
     assert isinstance(text_encoder_for(cfg), OnnxTextEncoder)
-    torch_cfg = DataConfig(format="folder", image_size=TEST_IMAGE_SIZE, cache_dir=str(onnx_cache))
+    torch_cfg = DataConfig(format="folder", image_size=TEST_IMAGE_SIZE, cache_dir=str(onnx_cache), engine="torch")
     assert not isinstance(image_encoder_for(torch_cfg), OnnxImageEncoder)
+    partial = DataConfig(format="folder", image_size=TEST_IMAGE_SIZE, image_train_blocks=1)  # engine auto
+    assert not isinstance(image_encoder_for(partial), OnnxImageEncoder)  # a trainable top always runs in torch
 
 
 def test_onnx_encode_paths_decodes_ahead_and_keeps_order_and_errors(tmp_path, image_encoder, onnx_image):
@@ -159,5 +168,38 @@ def test_train_and_encode_reject_an_unknown_engine_in_one_line(tmp_path):
     for cmd in (["train", "--out", str(tmp_path / "run")], ["encode", "--out", str(tmp_path / "feats")]):
         res = CliRunner().invoke(app, [*cmd, "--config", str(config), "--engine", "tensorrt"])
         assert res.exit_code == 2, res.output
-        assert res.output.startswith("error: ") and "data.engine must be one of torch, onnx, onnx-int8" in res.output
+        assert res.output.startswith("error: ")
+        assert "data.engine must be one of auto, torch, onnx, onnx-int8" in res.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "feats").exists()
+
+
+def test_auto_is_the_default_and_runs_onnx_when_onnxruntime_is_installed(monkeypatch):
+    assert DataConfig().engine == "auto"
+    assert resolve_engine("torch") == "torch" and resolve_engine("onnx-int8") == "onnx-int8"
+    expected = "onnx" if onnxruntime_available() else "torch"
+    assert resolve_engine("auto") == expected
+    monkeypatch.setattr(engine_module, "onnxruntime_available", lambda: False)
+    assert resolve_engine("auto") == "torch"  # falls back instead of failing
+
+
+def test_default_config_encoders_are_onnx_and_exported_to_the_machine_cache(onnx_cache, monkeypatch, tmp_path):
+    from dscmr.encoders import extract
+    from dscmr.encoders.engine import OnnxTextEncoder
+
+    monkeypatch.setenv("DSCMR_CACHE", str(onnx_cache))  # the machine cache: exports are shared across data caches
+    monkeypatch.setattr(extract, "_text_encoders", {})
+    enc = extract.text_encoder_for(DataConfig(cache_dir=str(tmp_path / "features")))
+    assert isinstance(enc, OnnxTextEncoder) and enc.cache_spec()["engine"] == "onnx"
+    assert list(onnx_cache.glob("onnx/*/text.onnx")) and not (tmp_path / "features" / "onnx").exists()
+
+
+def test_efficientnet_lite_matches_torch_at_sizes_with_odd_sides(onnx_cache):
+    """TensorFlow SAME padding at odd sides (100 px: 50, 25, 13, 7) must survive the export (it once did not)."""
+    from dscmr.encoders import ImageEncoder
+    from dscmr.encoders.engine import OnnxImageEncoder
+
+    ref = ImageEncoder("efficientnet_lite0", image_size=100)
+    got = OnnxImageEncoder("efficientnet_lite0", engine="onnx", image_size=100, cache_dir=onnx_cache)
+    x = torch.randn(3, 3, 100, 100, generator=torch.Generator().manual_seed(0))
+    a, b = ref.encode_batch(x).numpy(), got.encode_batch(x).numpy()
+    assert _cos(a, b).min() >= 0.9999 and np.abs(a - b).max() < 1e-3
