@@ -292,12 +292,14 @@ def bench_scale(
         seed: Data seed.
         threads: FAISS threads of the builds (the Ray tasks split the cluster's CPUs instead).
         encode: Also time ``dscmr encode`` on ``shapes`` in-process and on 2 Ray workers.
-        workdir: Where the bundles are built (default: a temporary folder, deleted after).
+        workdir: Where the bundles are built, created if missing (default: a temporary folder, deleted after).
 
     Returns:
         ``{"n", "dim", "shards", "queries", "results": [...], "encode": {...}}``.
     """
     _check(n, d, shards, queries, kinds)
+    if workdir is not None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
     if ray is not None:
         from dscmr.corpus.ray_runner import check_ray
 

@@ -35,13 +35,15 @@ def test_exact_topk_is_brute_force() -> None:
     np.testing.assert_array_equal(exact_topk(rows, xq, 10), np.argsort(-scores, axis=1, kind="stable")[:, :10])
 
 
-def test_bench_scale_json() -> None:
+def test_bench_scale_json(tmp_path) -> None:
     """One kind keeps it short (each build and probe is a fresh process); test_shards covers IVF equality."""
     from dscmr.cli.main import app
 
     args = ["bench", "scale", "--n", "5000", "--dim", "16", "--shards", "3", "--queries", "20"]
-    res = CliRunner().invoke(app, [*args, "--kind", "BFlat-64", "--no-encode", "--json"])
+    workdir = tmp_path / "not" / "yet"  # created, not refused after the ground truth is computed
+    res = CliRunner().invoke(app, [*args, "--kind", "BFlat-64", "--no-encode", "--workdir", str(workdir), "--json"])
     assert res.exit_code == 0, res.output
+    assert workdir.is_dir() and not any(workdir.iterdir())  # its temporary folder is gone
     report = json.loads(res.stdout)
     assert (report["n"], report["dim"], report["shards"], report["encode"]) == (5_000, 16, 3, None)
     keys = {"index", "shards", "build_seconds", "peak_rss_mb", "disk_bytes", "p50_ms", "recall_at_10"}
