@@ -73,3 +73,14 @@ threads = 1
 """
     )
     return cfg
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one intra-op thread for the test, restored after (``pytestmark = usefixtures(...)`` per module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

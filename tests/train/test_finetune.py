@@ -13,13 +13,7 @@ from dscmr.train import load_run, train
 from dscmr.train.evaluate import evaluate_split
 from tests.encoders.helpers import TEST_IMAGE_SIZE, save_image
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _folder(root, n=8):
