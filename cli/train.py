@@ -39,8 +39,13 @@ def train_cmd(
     run_dir = out or _default_out(config, cfg.train.seed)
     cfg = config_for_run(cfg, run_dir, overrides=overrides, resume=resume)
     if ddp:
+        from dscmr.errors import UsageError
         from dscmr.train.distributed import launch_train
 
+        if cfg.train.ensemble > 1:
+            raise UsageError(
+                "--ddp trains one model; train.ensemble > 1 trains its members one after the other, drop --ddp"
+            )
         code = launch_train(
             ddp, config, run_dir, data_root=data_root, overrides=overrides, resume=resume, json_out=json_out
         )
@@ -51,9 +56,16 @@ def train_cmd(
         print_json(summary)
         return
     typer.echo(f"run folder: {run_dir}")
-    typer.echo(
-        f"selected epoch (validation mAP): {result.best_epoch} of {result.epochs_run}; val avg {result.val['avg']:.4f}"
-    )
+    if result.members:
+        epochs = ", ".join(str(m["best_epoch"]) for m in result.members)
+        vals = ", ".join(f"{m['val']['avg']:.4f}" for m in result.members)
+        typer.echo(f"ensemble of {len(result.members)}: selected epochs {epochs}; member val avg {vals}")
+        typer.echo(f"ensemble val avg {result.val['avg']:.4f}")
+    else:
+        typer.echo(
+            f"selected epoch (validation mAP): {result.best_epoch} of {result.epochs_run}; "
+            f"val avg {result.val['avg']:.4f}"
+        )
     typer.echo(
         f"{summary['split']} mAP  img->txt {summary['img2txt']:.4f}  txt->img {summary['txt2img']:.4f}  "
         f"avg {summary['avg']:.4f}  ({summary['train_seconds']:.1f} s)"

@@ -162,6 +162,9 @@ class TrainConfig:
         seed: Seed for python, numpy and torch (weights init and data order).
         threads: torch intra-op threads (0 leaves torch's default).
         checkpoint_every: Save resumable training state every N epochs.
+        ensemble: Seed ensemble size N, 1 to 16: N>1 trains N members one after the other (member j with seed
+            ``seed + 1000 * j``, each selecting its own epoch on validation) and saves them as one model whose
+            embedding concatenates the members' L2-normalised embeddings (:mod:`dscmr.train.ensemble`); 1 = one model.
     """
 
     epochs: int = 500
@@ -175,6 +178,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     checkpoint_every: int = 10
+    ensemble: int = 1
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,23 @@ class Config:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.model.dropout}")
         if self.model.hash_bits < 0 or self.model.hash_bits % 8:
             raise ConfigError(f"model.hash_bits must be a multiple of 8 (0 disables), got {self.model.hash_bits}")
+        self._check_ensemble()
+
+    def _check_ensemble(self) -> None:
+        """``train.ensemble`` is 1 to 16, and N > 1 only with what an ensemble supports."""
+        n = self.train.ensemble
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 16:
+            raise ConfigError(f"train.ensemble must be an integer from 1 to 16 (1 = one model), got {n!r}")
+        if n > 1 and (self.data.image_train_blocks or self.data.text_train_layers):
+            raise ConfigError(
+                "train.ensemble > 1 does not support trainable encoder tops yet; set data.image_train_blocks = 0 "
+                "and data.text_train_layers = 0, or train.ensemble = 1"
+            )
+        if n > 1 and self.model.hash_bits:
+            raise ConfigError(
+                "train.ensemble > 1 has no learned hash layer; set model.hash_bits = 0 (index the ensemble with "
+                "--binary sign or itq) or train.ensemble = 1"
+            )
 
 
 # ----------------------------------------------------------------------------------------------------------------

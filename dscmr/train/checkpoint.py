@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from dscmr.config import Config
 from dscmr.errors import CheckpointError
-from dscmr.models import DSCMR, DSCMRSpec
+from dscmr.models import DSCMR, RetrievalModel, spec_from_dict
 from dscmr.train.run_dir import RunDir
 from dscmr.utils.io import atomic_write_with
 
@@ -59,12 +59,15 @@ def _load_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
         raise CheckpointError(f"{path} is not a readable safetensors file ({first}); re-run training") from None
 
 
-def model_meta(model: DSCMR, *, class_names: list[str] | None = None, data_format: str = "") -> dict[str, Any]:
-    """The ``model.json`` description of ``model``: its :class:`DSCMRSpec` plus the run facts it was trained on."""
+def model_meta(model: RetrievalModel, *, class_names: list[str] | None = None, data_format: str = "") -> dict[str, Any]:
+    """The ``model.json`` description of ``model``: its spec (:class:`~dscmr.models.DSCMRSpec`, or
+    :class:`~dscmr.models.EnsembleSpec` for a seed ensemble) plus the run facts it was trained on."""
     return {**model.spec.to_dict(), "class_names": class_names, "data_format": data_format}
 
 
-def save_model(run: RunDir, model: DSCMR, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> None:
+def save_model(
+    run: RunDir, model: RetrievalModel, meta: dict[str, Any], state: dict[str, torch.Tensor] | None = None
+) -> None:
     """Write the weights (``state`` or the model's current ones) and their description into the run folder."""
     save_tensors(run.model, state if state is not None else model.state_dict())
     run.write_model_meta(meta)
@@ -77,15 +80,15 @@ class LoadedRun:
     Attributes:
         run_dir: The run folder.
         config: Its resolved config.
-        model: The validation-selected network, in eval mode.
-        meta: ``model.json`` (the :class:`DSCMRSpec` plus class names and data format).
+        model: The validation-selected network (or seed ensemble of networks), in eval mode.
+        meta: ``model.json`` (the model's spec plus class names and data format).
         metrics: ``metrics.json``.
         checkpoint_sha256: SHA-256 of the weights as loaded; index bundles record it to detect a model mismatch.
     """
 
     run_dir: Path
     config: Config
-    model: DSCMR
+    model: RetrievalModel
     meta: dict[str, Any]
     metrics: dict[str, Any]
     checkpoint_sha256: str
@@ -104,7 +107,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
         if not path.is_file():
             raise CheckpointError(f"{run} is not a finished run: {path.name} is missing; train it or --resume it")
     meta = run.read_model_meta()
-    spec = DSCMRSpec.from_dict(meta, source=str(run.model_meta))
+    spec = spec_from_dict(meta, source=str(run.model_meta))
     cfg = run.load_config(Config)
     trained_on = meta.get("data_format")
     if trained_on and trained_on != cfg.data.format:
@@ -115,7 +118,8 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     metrics = run.read_metrics()
     model = spec.build()
     state, sha256 = _load_weights(run.model)
-    state.setdefault("center", torch.zeros(model.embed_dim))  # runs saved before the retrieval centre existed
+    if isinstance(model, DSCMR):  # runs saved before the retrieval centre existed
+        state.setdefault("center", torch.zeros(model.embed_dim))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -1,4 +1,4 @@
-"""Encoding and scoring a dataset split with a DSCMR model (eval mode, batched)."""
+"""Encoding and scoring a dataset split with a DSCMR model or seed ensemble (eval mode, batched)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 from dscmr.data import Split
 from dscmr.errors import DataError
 from dscmr.eval.metrics import cross_modal_map
-from dscmr.models import DSCMR
+from dscmr.models import RetrievalModel
 
 
 @torch.no_grad()
-def encode_split(model: DSCMR, split: Split, *, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_split(model: RetrievalModel, split: Split, *, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """Common-space embeddings of a split's images and texts, in eval mode, ``(n, D)`` each.
 
     The model's train/eval mode is restored afterwards.
@@ -26,7 +26,7 @@ def encode_split(model: DSCMR, split: Split, *, batch_size: int = 4096) -> tuple
     return u, v
 
 
-def evaluate_split(model: DSCMR, split: Split, *, k: int = 0, chunk_size: int = 256) -> dict[str, float]:
+def evaluate_split(model: RetrievalModel, split: Split, *, k: int = 0, chunk_size: int = 256) -> dict[str, float]:
     """mAP in both directions (cosine) on one split: ``{"img2txt", "txt2img", "avg"}``.
 
     Raises:

@@ -7,11 +7,13 @@ A run folder holds:
 - ``model.json``: what is needed to rebuild the network (:class:`dscmr.models.DSCMRSpec`, plus the class names
   and the data format it was trained on);
 - ``metrics.json``: validation-selected epoch, validation and test metrics, history, seed, timing;
-- ``train_state.safetensors`` / ``train_state.json``: the state to ``--resume`` a killed run.
+- ``train_state.safetensors`` / ``train_state.json``: the state to ``--resume`` a killed run;
+- ``members/<j>/``: a seed ensemble's (``train.ensemble > 1``) member runs, each a run folder of this layout
+  (:mod:`dscmr.train.ensemble`); the top-level ``model.*`` then hold the whole ensemble.
 
 A run is *finished* once ``metrics.json`` exists (it is written last) and *resumable* while ``train_state.json``
-exists. The vision tasks (``dscmr vision ...``) write the same ``config.*``, ``model.safetensors`` and
-``metrics.json`` files. Every file is written atomically.
+(an ensemble: ``members/``) exists. The vision tasks (``dscmr vision ...``) write the same ``config.*``,
+``model.safetensors`` and ``metrics.json`` files. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RunDir:
     METRICS: ClassVar[str] = "metrics.json"
     STATE: ClassVar[str] = "train_state.safetensors"
     STATE_META: ClassVar[str] = "train_state.json"
+    MEMBERS: ClassVar[str] = "members"
 
     def __init__(self, path: str | Path) -> None:
         object.__setattr__(self, "path", Path(path))
@@ -88,20 +91,34 @@ class RunDir:
         return self.path / self.STATE_META
 
     @property
+    def members(self) -> Path:
+        """``members/``: a seed ensemble's member run folders."""
+        return self.path / self.MEMBERS
+
+    def member(self, index: int) -> RunDir:
+        """The run folder of ensemble member ``index`` (``members/<index>``)."""
+        return RunDir(self.members / str(index))
+
+    @property
     def finished(self) -> bool:
         """Whether training finished here (``metrics.json`` exists)."""
         return self.metrics.is_file()
 
     @property
     def resumable(self) -> bool:
-        """Whether a training state to ``--resume`` from exists."""
-        return self.state_meta.is_file()
+        """Whether a training state to ``--resume`` from exists (a seed ensemble's: its member folders)."""
+        return self.state_meta.is_file() or self.members.is_dir()
 
     def create(self) -> None:
         """Create the folder (and its parents); an existing folder is fine."""
         if self.path.exists() and not self.path.is_dir():
             raise CheckpointError(f"{self.path} is a file, not a run folder; pass another --out")
         self.path.mkdir(parents=True, exist_ok=True)
+
+    def remove_state(self) -> None:
+        """Delete the resumable training state (``train_state.json`` first, so a half-done removal is not resumable)."""
+        self.state_meta.unlink(missing_ok=True)
+        self.state.unlink(missing_ok=True)
 
     def check_folder(self) -> None:
         """Raise CheckpointError unless the run folder exists and is a folder."""

@@ -93,7 +93,7 @@ def load_state(run: RunDir, model: DSCMR, opt: torch.optim.Optimizer, gen: torch
     Raises:
         CheckpointError: There is no training state, or it is damaged or inconsistent.
     """
-    if not run.resumable:
+    if not run.state_meta.is_file():
         raise CheckpointError(f"nothing to resume in {run}: {run.STATE_META} is missing; train without --resume")
     st = run.read_json(run.state_meta, what="training state")
     tensors, tensor_meta = load_tensors_and_metadata(run.state)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -24,41 +23,14 @@ from dscmr.losses import DSCMRLoss
 from dscmr.models import DSCMR, DSCMROutput, DSCMRSpec
 from dscmr.train.checkpoint import model_meta, save_model
 from dscmr.train.distributed import DistContext, context, main_then_broadcast, seed_rank_epoch, sharded_forward
+from dscmr.train.ensemble import train_ensemble
 from dscmr.train.evaluate import evaluate_split
 from dscmr.train.finetune import batch_inputs, init_image_top, param_groups, set_input_stats
+from dscmr.train.result import EpochCallback, TrainResult, write_run_metrics
 from dscmr.train.run_dir import RunDir
 from dscmr.train.seed import seed_everything
 from dscmr.train.state import TrainState, load_state, save_state
 from dscmr.utils.progress import Progress, no_progress, resolve_progress
-
-EpochCallback = Callable[[int, dict[str, float]], None]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train` returns (and writes to the run's metrics file)."""
-
-    run_dir: Path
-    best_epoch: int
-    val: dict[str, float]
-    test: dict[str, float]
-    seed: int
-    train_seconds: float
-    epochs_run: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    split: str = "test"  # the split ``test`` holds: "val" for a dataset without a test split
-
-    def summary(self) -> dict[str, Any]:
-        """The CLI's ``--json`` object: test (without a test split: val) metrics of the selected epoch."""
-        return {
-            "img2txt": self.test["img2txt"],
-            "txt2img": self.test["txt2img"],
-            "avg": self.test["avg"],
-            "split": self.split,
-            "best_epoch": self.best_epoch,
-            "seed": self.seed,
-            "train_seconds": round(self.train_seconds, 3),
-        }
 
 
 def model_spec(cfg: Config, ds: FeatureDataset) -> DSCMRSpec:
@@ -138,12 +110,35 @@ def train(
 
     Under ``torchrun`` (an initialised process group) every rank calls this: each runs its part of every batch,
     rank 0 alone validates, reports and writes, and every rank returns rank 0's result
-    (:mod:`dscmr.train.distributed`).
+    (:mod:`dscmr.train.distributed`). With ``train.ensemble > 1`` it trains a seed ensemble instead
+    (:func:`dscmr.train.ensemble.train_ensemble`; one process only).
     """
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     cfg, ds = _load_data(cfg, dataset, data_root)
     ctx = context()  # under torchrun, one rank of a DDP job: only rank 0 reports and writes
+    if cfg.train.ensemble > 1:
+
+        def one(mcfg: Config, folder: Path, again: bool, report: Progress, hook: EpochCallback | None) -> TrainResult:
+            return _train_one(mcfg, ds, folder, ctx, resume=again, progress=report, on_epoch_end=hook)
+
+        return train_ensemble(
+            cfg, ds, run_dir, ctx, train_one=one, resume=resume, progress=progress, on_epoch_end=on_epoch_end
+        )
+    return _train_one(cfg, ds, run_dir, ctx, resume=resume, progress=progress, on_epoch_end=on_epoch_end)
+
+
+def _train_one(
+    cfg: Config,
+    ds: FeatureDataset,
+    run_dir: str | Path,
+    ctx: DistContext,
+    *,
+    resume: bool,
+    progress: Progress | bool | None,
+    on_epoch_end: EpochCallback | None,
+) -> TrainResult:
+    """One network: build (or restore), fit, select on val, test and write the run folder."""
     session = _new_session(cfg, ds, RunDir(run_dir), ctx)
     if resume:
         state = load_state(session.run, session.model, session.opt, session.gen)
@@ -252,21 +247,16 @@ def _finish(s: _Session, state: TrainState) -> TrainResult:
     test = evaluate_split(model, ds.test, k=cfg.eval.k, chunk_size=cfg.eval.chunk_size) if len(ds.test) else val
     classes = list(ds.class_names) if ds.class_names else None
     save_model(s.run, model, model_meta(model, class_names=classes, data_format=cfg.data.format), state.best_weights)
-    tc = cfg.train
     result = TrainResult(
-        s.run.path, state.best_epoch, val, test, tc.seed, state.train_seconds, state.epoch, state.history, held_out
+        s.run.path,
+        state.best_epoch,
+        val,
+        test,
+        cfg.train.seed,
+        state.train_seconds,
+        state.epoch,
+        state.history,
+        held_out,
     )
-    s.run.write_metrics(
-        {
-            **result.summary(),
-            "val": val,
-            "test": test,
-            "k": cfg.eval.k,
-            "epochs_run": state.epoch,
-            "data_source": ds.source,
-            "sizes": {"train": len(ds.train), "val": len(ds.val), "test": len(ds.test)},
-            "seeds": {"train": tc.seed, "val_split": cfg.data.val_seed},
-            "history": state.history,
-        },
-    )
+    write_run_metrics(s.run, cfg, ds, result)
     return result

@@ -1,0 +1,241 @@
+"""Seed ensembles (``train.ensemble``): members are plain runs, the saved model is their normalised concatenation,
+and every run-level command uses it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from dscmr.cli.main import app
+from dscmr.config import load_config
+from dscmr.data import load_dataset
+from dscmr.errors import CheckpointError, ConfigError
+from dscmr.eval import cross_modal_map
+from dscmr.models import DSCMR, DSCMREnsemble
+from dscmr.train import encode_split, load_run, train
+from dscmr.train.ensemble import member_config, member_seed
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+runner = CliRunner()
+EPOCHS = ["train.epochs=4"]
+
+
+class Killed(Exception):
+    pass
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _metrics(run: Path) -> dict:
+    return json.loads((run / "metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Plain runs with seeds 0 and 1000 and an ensemble of 2 with seed 0, on one tiny npz (trained once)."""
+    tmp = tmp_path_factory.mktemp("ensemble")
+    torch.set_num_threads(1)
+    from tests.indexing.conftest import make_tiny_run
+
+    make_tiny_run(tmp, epochs=4)  # writes tmp/tiny.toml on tmp/tiny.npz (and a run we reuse as plain seed 0)
+    cfg_path = tmp / "tiny.toml"
+    out = {"config": cfg_path, "plain0": tmp / "run"}
+    train(load_config(cfg_path, ["train.seed=1000"]), tmp / "plain1000", progress=False)
+    train(load_config(cfg_path, ["train.ensemble=2"]), tmp / "ens", progress=False)
+    out.update(plain1000=tmp / "plain1000", ens=tmp / "ens")
+    return out
+
+
+def test_ensemble_one_is_todays_plain_run(tmp_path, tiny_config):
+    plain = train(load_config(tiny_config, EPOCHS), tmp_path / "plain", progress=False)
+    one = train(load_config(tiny_config, [*EPOCHS, "train.ensemble=1"]), tmp_path / "one", progress=False)
+    assert one.val == plain.val and one.test == plain.test and one.history == plain.history and not one.members
+    a, b = _metrics(tmp_path / "plain"), _metrics(tmp_path / "one")
+    a.pop("train_seconds"), b.pop("train_seconds")
+    assert a == b and "ensemble" not in b
+    for name in ("model.safetensors", "model.json"):
+        assert _sha(tmp_path / "plain" / name) == _sha(tmp_path / "one" / name)
+    assert not (tmp_path / "one" / "members").exists()
+    assert isinstance(load_run(tmp_path / "one").model, DSCMR)
+
+
+def test_member_seeds_and_member_zero_is_the_plain_run(runs):
+    ens = runs["ens"]
+    assert [member_seed(0, j) for j in range(3)] == [0, 1000, 2000]
+    seeds = [json.loads((ens / "members" / str(j) / "config.json").read_text())["train"]["seed"] for j in (0, 1)]
+    assert seeds == [0, 1000]
+    # Member j is bit for bit the plain run of its seed.
+    assert _sha(ens / "members" / "0" / "model.safetensors") == _sha(runs["plain0"] / "model.safetensors")
+    assert _sha(ens / "members" / "1" / "model.safetensors") == _sha(runs["plain1000"] / "model.safetensors")
+    assert _sha(runs["plain0"] / "model.safetensors") != _sha(runs["plain1000"] / "model.safetensors")
+    m = _metrics(ens)
+    assert m["ensemble"]["size"] == 2
+    members = m["ensemble"]["members"]
+    assert [r["seed"] for r in members] == [0, 1000]
+    for r, plain in zip(members, (runs["plain0"], runs["plain1000"]), strict=True):
+        pm = _metrics(plain)
+        assert r["best_epoch"] == pm["best_epoch"] and r["val"] == pm["val"]
+    assert m["best_epoch"] == max(r["best_epoch"] for r in members)
+    assert m["seed"] == 0 and m["split"] == "test" and m["history"] == []
+
+
+def test_ensemble_embedding_is_the_normalised_concatenation(runs):
+    cfg = load_config(runs["config"])
+    ds = load_dataset(cfg.data)
+    ens = load_run(runs["ens"])
+    assert isinstance(ens.model, DSCMREnsemble) and not ens.model.training
+    assert ens.model.embed_dim == 2 * cfg.model.common_dim
+    parts = [encode_split(load_run(runs[name]).model, ds.test) for name in ("plain0", "plain1000")]
+    by_hand = [
+        torch.cat([torch.nn.functional.normalize(p[side], dim=1) for p in parts], dim=1) / math.sqrt(2)
+        for side in (0, 1)
+    ]  # (n, 2D) images, texts
+    u, v = encode_split(ens.model, ds.test)
+    assert u.shape == (len(ds.test), 32)
+    torch.testing.assert_close(u, by_hand[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(v, by_hand[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(len(u)), atol=1e-6, rtol=0)
+    # Cosine = mean of the members' cosines; the saved test mAP is the ensemble's.
+    cos = [torch.nn.functional.normalize(p[0], dim=1) @ torch.nn.functional.normalize(p[1], dim=1).T for p in parts]
+    torch.testing.assert_close(u @ v.T, (cos[0] + cos[1]) / 2, atol=1e-6, rtol=0)
+    expected = cross_modal_map(by_hand[0], by_hand[1], ds.test.labels)
+    assert _metrics(runs["ens"])["test"]["avg"] == pytest.approx(expected["avg"], abs=1e-6)
+
+
+def test_saved_ensemble_evaluates_indexes_and_searches(runs, tmp_path):
+    ens = runs["ens"]
+    ev = runner.invoke(app, ["eval", str(ens), "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["avg"] == pytest.approx(_metrics(ens)["test"]["avg"], abs=1e-9)
+    bundle = tmp_path / "img"
+    res = runner.invoke(
+        app,
+        ["index", "build", "--run", str(ens), "--modality", "image", "--out", str(bundle), "--binary", "itq",
+         "--bits", "16", "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["count"] == 50
+    res = runner.invoke(
+        app, ["search", "text", "--query-id", "190", "--run", str(ens), "--index", str(bundle), "-k", "3", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    hits = json.loads(res.stdout)["hits"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    # The top hit is the nearest test image to that text under the hand-made ensemble embedding.
+    ds = load_dataset(load_config(runs["config"]).data)
+    row = list(ds.test.txt_items).index("190")
+    parts = [encode_split(load_run(runs[name]).model, ds.test) for name in ("plain0", "plain1000")]
+    u = torch.cat([torch.nn.functional.normalize(p[0], dim=1) for p in parts], dim=1)  # (n, 2D)
+    v = torch.cat([torch.nn.functional.normalize(p[1][row : row + 1], dim=1) for p in parts], dim=1)  # (1, 2D)
+    assert hits[0]["item"] == ds.test.img_items[int((u @ v.T).argmax())]
+    res = runner.invoke(app, ["index", "build", "--run", str(ens), "--modality", "image", "--out",
+                              str(tmp_path / "l"), "--binary", "learned"])  # fmt: skip
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "no hash layer" in res.output
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("train.ensemble=0", "train.ensemble must be an integer from 1 to 16"),
+        ("train.ensemble=17", "train.ensemble must be an integer from 1 to 16"),
+        ("train.ensemble=true", "expected an integer"),
+        ("train.ensemble=1.5", "expected an integer"),
+    ],
+)
+def test_bad_ensemble_values_are_one_line(tmp_path, tiny_config, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny_config, [override])
+    res = runner.invoke(app, ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r"), "--set", override])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data.image_train_blocks=1"], "trainable encoder tops"),
+        (["data.text_train_layers=1"], "trainable encoder tops"),
+        (["model.hash_bits=16"], "no learned hash layer"),
+    ],
+)
+def test_unsupported_combinations_are_refused(tiny_config, overrides, match):
+    load_config(tiny_config, overrides)  # fine with one model
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny_config, [*overrides, "train.ensemble=2"])
+
+
+def test_ddp_with_an_ensemble_is_refused(tmp_path, tiny_config):
+    args = ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r"), "--ddp", "2"]
+    res = runner.invoke(app, [*args, "--set", "train.ensemble=2"])
+    assert res.exit_code == 2 and res.output.strip().startswith("error: --ddp trains one model")
+
+
+def test_resume_keeps_finished_members_and_matches_uninterrupted(tmp_path, tiny_config):
+    cfg = load_config(tiny_config, [*EPOCHS, "train.ensemble=2", "train.checkpoint_every=1"])
+    full = train(cfg, tmp_path / "full", progress=False)
+
+    def kill(epoch, record):
+        if record["member"] == 1 and epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "killed", progress=False, on_epoch_end=kill)
+    killed = tmp_path / "killed"
+    assert not (killed / "metrics.json").exists() and not (killed / "model.safetensors").exists()
+    assert (killed / "members" / "0" / "metrics.json").is_file()
+    assert not (killed / "members" / "0" / "train_state.json").exists()  # finished: its state is deleted
+    assert (killed / "members" / "1" / "train_state.json").is_file()
+    member0 = _sha(killed / "members" / "0" / "model.safetensors")
+    seen: list[tuple[int, int]] = []
+    resumed = train(cfg, killed, progress=False, resume=True, on_epoch_end=lambda e, r: seen.append((r["member"], e)))
+    assert seen == [(1, 3), (1, 4)]  # member 0 kept, member 1 resumed after its epoch 2
+    assert _sha(killed / "members" / "0" / "model.safetensors") == member0
+    assert resumed.val == full.val and resumed.test == full.test
+    assert [m["best_epoch"] for m in resumed.members] == [m["best_epoch"] for m in full.members]
+    assert _sha(killed / "model.safetensors") == _sha(tmp_path / "full" / "model.safetensors")
+
+
+def test_resume_errors_and_fresh_restart(tmp_path, tiny_config):
+    cfg = load_config(tiny_config, [*EPOCHS, "train.ensemble=2"])
+    with pytest.raises(CheckpointError, match="nothing to resume"):
+        train(cfg, tmp_path / "none", progress=False, resume=True)
+
+    def kill(epoch, record):
+        if record["member"] == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, tmp_path / "r", progress=False, on_epoch_end=kill)
+    stale = tmp_path / "r" / "members" / "9"
+    stale.mkdir()  # left by an earlier attempt: a fresh start clears members/
+    train(cfg, tmp_path / "r", progress=False)
+    assert not stale.exists() and _metrics(tmp_path / "r")["ensemble"]["size"] == 2
+    # A finished member whose config is not this run's member config is refused on resume.
+    (tmp_path / "r" / "metrics.json").unlink()
+    other = load_config(tiny_config, [*EPOCHS, "train.lr=0.01", "train.ensemble=2"])
+    with pytest.raises(CheckpointError, match="another config"):
+        train(other, tmp_path / "r", progress=False, resume=True)
+    assert member_config(cfg, 1).train.seed == 1000 and member_config(cfg, 1).train.ensemble == 1
+
+
+def test_cli_train_reports_the_members(tmp_path, tiny_config):
+    out = tmp_path / "r"
+    args = ["train", "--config", str(tiny_config), "--out", str(out), "--set", "train.epochs=2"]
+    res = runner.invoke(app, [*args, "--set", "train.ensemble=2"])
+    assert res.exit_code == 0, res.output
+    members = _metrics(out)["ensemble"]["members"]
+    epochs = ", ".join(str(m["best_epoch"]) for m in members)
+    assert f"ensemble of 2: selected epochs {epochs}; member val avg" in res.stdout
+    assert f"ensemble val avg {_metrics(out)['val']['avg']:.4f}" in res.stdout
+    res = runner.invoke(app, [*args, "--set", "train.ensemble=2"])  # a finished run is not overwritten
+    assert res.exit_code == 2 and "already holds a finished run" in res.output
