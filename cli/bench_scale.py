@@ -17,7 +17,7 @@ def bench_scale_cmd(
     dim: int = typer.Option(128, "--dim", help="Vector dimension (a multiple of 4)."),
     shards: int = typer.Option(4, "--shards", help="Shards of the sharded builds."),
     ray: str | None = typer.Option(None, "--ray", help=_RAY_HELP),
-    queries: int = typer.Option(100, "--queries", help="Single queries for p50 and recall@10."),
+    queries: int = typer.Option(1000, "--queries", help="Single queries for p50 and recall@10."),
     kind: list[str] = typer.Option([], "--kind", help="Index kind (repeatable) [IVF-Flat, IVF-PQ, BFlat-64]."),
     threads: int = typer.Option(1, "--threads", help="FAISS threads of the in-process builds."),
     encode: bool = typer.Option(

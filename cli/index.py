@@ -60,7 +60,7 @@ def build_cmd(
     bits: int | None = typer.Option(None, "--bits", help="Code length (multiple of 8) [default: 64; learned: run's]."),
     binary_factory: str = typer.Option("BFlat", "--binary-factory", help="BFlat, BHNSW32, BIVF256, ..."),
     no_float: bool = typer.Option(False, "--no-float", help="Binary index only (no float index; hybrid still works)."),
-    no_vectors: bool = typer.Option(False, "--no-vectors", help="Do not keep float vectors for hybrid re-ranking."),
+    no_vectors: bool = typer.Option(False, "--no-vectors", help="No float vectors (no hybrid, no PQ re-rank)."),
     ef_search: int | None = typer.Option(None, "--ef-search", help="HNSW efSearch stored with the index."),
     nprobe: int | None = typer.Option(None, "--nprobe", help="IVF nprobe stored with the index."),
     split: str = typer.Option("test", "--split", help="Dataset split to index: train, val or test."),

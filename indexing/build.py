@@ -28,6 +28,7 @@ from dscmr.indexing.manifest import (
     Manifest,
     RunInfo,
     Source,
+    is_lossy,
 )
 from dscmr.indexing.swap import staging_dir, writer_lock
 
@@ -46,8 +47,10 @@ class BuildSpec:
         binary_factory: ``faiss.index_binary_factory`` string.
         seed: Seed of training samples and random projections.
         float_params: Search parameters stored with the float index (``efSearch``, ``nprobe``).
-        keep_vectors: With a binary index, also store the float vectors for hybrid re-ranking (4 d bytes per item,
-            memory-mapped); without them a binary-only bundle costs B / 8 bytes per item plus the items table.
+        keep_vectors: With a binary index or a lossy float index (PQ, SQ), also store the float vectors (4 d bytes
+            per item, memory-mapped when served) to re-rank a shortlist by exact cosine: hybrid search, and the
+            float index's ``refine``. Without them a binary-only bundle costs B / 8 bytes per item plus the items
+            table, and a PQ bundle its codes.
     """
 
     float_factory: str | None = DEFAULT_FACTORY
@@ -65,6 +68,12 @@ class BuildSpec:
             if self.binary not in HASH_METHODS:
                 raise UsageError(f"unknown hash method {self.binary!r}; use one of {', '.join(HASH_METHODS)}")
             check_bits(self.bits)
+
+    @property
+    def stores_vectors(self) -> bool:
+        """Whether the bundle holds ``vectors.npy``: ``keep_vectors`` and an index that re-ranks with them."""
+        lossy = self.float_factory is not None and is_lossy(self.float_factory)
+        return self.keep_vectors and (self.binary is not None or lossy)
 
     @classmethod
     def from_options(
@@ -186,7 +195,8 @@ def _write_binary(
 
 
 def _metrics(flt: FloatEntry | None, binary: BinaryEntry | None, vectors: bool) -> tuple[str, ...]:
-    return (("cosine",) if flt else ()) + (("hamming",) if binary else ()) + (("hybrid",) if vectors else ())
+    hybrid = binary is not None and vectors
+    return (("cosine",) if flt else ()) + (("hamming",) if binary else ()) + (("hybrid",) if hybrid else ())
 
 
 def build_bundle(
@@ -233,9 +243,9 @@ def build_bundle(
         if spec.binary is not None:
             hasher = _hasher(spec, xb, hash_train=hash_train, learned=learned, progress=progress)
             binary = _write_binary(tmp, xb, hasher, spec, progress)
-            if spec.keep_vectors:
-                write_vectors(tmp / VECTORS_FILE, None, l2_normalize(xb))
-                vectors = True
+        if spec.stores_vectors:
+            write_vectors(tmp / VECTORS_FILE, None, l2_normalize(xb))
+            vectors = True
         write_items(tmp / ITEMS_FILE, list(items), kind=kind, labels=labels, source=0)
         manifest = Manifest(
             run=run,

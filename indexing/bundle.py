@@ -45,6 +45,7 @@ from dscmr.errors import IndexBundleError
 from dscmr.indexing.binary_index import BinaryIndex
 from dscmr.indexing.float_index import FloatIndex
 from dscmr.indexing.hashing import LinearHasher
+from dscmr.indexing.hybrid import refine_search
 from dscmr.indexing.manifest import (
     BINARY_FILE,
     BUNDLE_FILES,
@@ -59,10 +60,12 @@ from dscmr.indexing.manifest import (
     FileEntry,
     Manifest,
     bundle_file,
+    is_lossy,
     read_manifest,
 )
 from dscmr.indexing.sharded_index import load_sharded_binary, load_sharded_float
 from dscmr.indexing.swap import last_complete, lock_path, probe_writer, recover, staging_dir
+from dscmr.indexing.vector_file import VectorFile
 from dscmr.utils.io import atomic_write_json, file_sha256
 
 _SCHEMA = """
@@ -103,6 +106,7 @@ class IndexBundle:
     binary_index: BinaryIndex | None = None
     hasher: LinearHasher | None = None
     vectors: np.ndarray | None = None
+    vector_file: VectorFile | None = None  # the same vectors, read by positional reads (memory-mapped loads)
     folder: Path | None = None
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
 
@@ -133,6 +137,31 @@ class IndexBundle:
     def shortlist_for(self, k: int) -> int:
         """The default hybrid shortlist k' for ``k`` results (the manifest's, or the computed rule)."""
         return self.manifest.search_defaults().shortlist_for(k, self.count)
+
+    def refine_for(self, k: int) -> int | None:
+        """The default k' a lossy float index returns for exact re-ranking to ``k``; None: cosine does not re-rank."""
+        if self.float_index is None or self.vectors is None:
+            return None
+        return self.manifest.search_defaults().refine_for(k, self.count)
+
+    def search_cosine(self, xq: np.ndarray, k: int, *, shortlist: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine search of the float index; a lossy one (PQ, SQ) stored with vectors re-ranks its top k' exactly.
+
+        Args:
+            xq: Query embeddings ``(nq, d)``.
+            k: Results per query.
+            shortlist: k' to re-rank (default: the manifest's ``refine``); ignored when the index does not re-rank.
+
+        Returns:
+            ``(D, I)``: cosine similarities descending and ids, as :meth:`FloatIndex.search`.
+        """
+        assert self.float_index is not None
+        kp = self.refine_for(k)
+        if kp is None:
+            return self.float_index.search(xq, k)
+        rows = self.vector_file if self.vector_file is not None else self.vectors
+        assert rows is not None
+        return refine_search(self.float_index, rows, xq, k, shortlist=kp if shortlist is None else shortlist)
 
     def summary(self) -> dict[str, Any]:
         """What ``dscmr index build/add --json`` prints: path, modality, size, indexes and total bytes."""
@@ -177,6 +206,9 @@ class IndexBundle:
         return self._conn
 
     def close(self) -> None:
+        if self.vector_file is not None:
+            self.vector_file.close()
+            self.vector_file = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -370,6 +402,8 @@ def _load(path: Path, folder: Path, *, checkpoint_sha256: str | None, verify: bo
         bundle.close()
         raise IndexBundleError(f"{folder / ITEMS_FILE} is not a readable items table ({exc}); rebuild") from None
     _check_count(int(n_items), m.count, folder / ITEMS_FILE)
+    if mmap and m.has_vectors and m.float is not None and is_lossy(m.float.factory):
+        bundle.vector_file = VectorFile(folder / VECTORS_FILE)  # refine reads its rows unmapped (vector_file.py)
     return bundle
 
 

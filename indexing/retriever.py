@@ -260,7 +260,8 @@ class Retriever:
             xq: Query embeddings.
             k: Results per query.
             metric: ``cosine``, ``hamming`` or ``hybrid`` (default: the first the bundle supports).
-            shortlist: Hybrid shortlist length k' (default: the bundle's, sized from its count and code bits).
+            shortlist: Re-ranking shortlist k': hybrid, or a PQ / SQ float index's refine (default: the bundle's,
+                sized from its count, code bits and factory).
         """
         metric = self.check_metric(metric)
         k = self.capped_k(k)
@@ -268,8 +269,7 @@ class Retriever:
         if k == 0:  # an empty bundle
             return [[] for _ in range(np.asarray(xq).reshape(-1, b.dim).shape[0])]
         if metric == "cosine":
-            assert b.float_index is not None
-            D, I = b.float_index.search(xq, k)
+            D, I = b.search_cosine(xq, k, shortlist=shortlist)
         else:
             assert b.binary_index is not None and b.hasher is not None
             codes = b.hasher.encode(xq)

@@ -315,7 +315,7 @@ def build_sharded(
         hasher = _hasher(spec, train, hash_train=None, learned=learned, progress=progress)
         bi = _train_binary(rows, hasher, spec)
     with writer_lock(Path(out)), staging_dir(Path(out)) as tmp:
-        vectors = spec.binary is not None and spec.keep_vectors
+        vectors = spec.stores_vectors
         _write_templates(tmp, fi, bi, hasher, rows=rows, vectors=vectors)
         jobs = [
             ShardJob(
@@ -393,7 +393,7 @@ def _sharded_manifest(
     binary = None
     if spec.binary is not None:
         binary = BinaryEntry(method=spec.binary, bits=spec.bits, factory=spec.binary_factory)
-    vectors = spec.binary is not None and spec.keep_vectors
+    vectors = spec.stores_vectors
     shards = tuple(
         ShardInfo(
             ranges=((a, b - a),),
@@ -439,9 +439,9 @@ def _run_on_ray(jobs: list[ShardJob], *, address: str, threads: int, progress: B
     """Shard jobs as Ray tasks of ``threads`` CPUs each (default: the cluster's CPUs over the parallel jobs)."""
     import ray
 
-    from dscmr.corpus.ray_runner import _connect, _user_error
+    from dscmr.corpus.ray_runner import connect, user_error
 
-    started = _connect(address)
+    started = connect(address)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         threads = threads or max(1, cpus // min(len(jobs), cpus))
@@ -456,7 +456,7 @@ def _run_on_ray(jobs: list[ShardJob], *, address: str, threads: int, progress: B
                 done.append(ray.get(ready[0]))
                 progress("fill shards", len(done), len(jobs))
         except Exception as exc:  # Ray wraps a task's exception; surface a user error as itself
-            err = _user_error(exc)
+            err = user_error(exc)
             if err is not None:
                 raise err from None
             raise

@@ -80,7 +80,7 @@ def probe(
             if metric == "hybrid":
                 hybrid_search(b.binary_index, b.vectors, b.hasher.encode(q), q, k, shortlist=kp)
             else:
-                b.float_index.search(q, k)
+                b.search_cosine(q, k)
         ms = (time.perf_counter() - t0) * 1e3 / nq
         steps[f"after_{nq}_{metric}"] = {**_status_mb(), "ms_per_query": round(ms, 3)}
     b.close()

@@ -1,7 +1,8 @@
 """Scale benchmark (``dscmr bench scale``): sharded against unsharded index builds, and a memory-mapped bundle's
 serving cost, on synthetic vectors generated a slice at a time.
 
-For each index kind (``IVF-Flat``, ``IVF-PQ``, ``BFlat-64``: ITQ codes re-ranked by the float vectors) the bundle is
+For each index kind (``IVF-Flat``; ``IVF-PQ``, stored with the float vectors so that its top k' is re-ranked by exact
+cosine, ``refine``; ``BFlat-64``: ITQ codes re-ranked by the float vectors) the bundle is
 built twice, each time in a fresh child process: **unsharded** (the child generates all N vectors, then
 ``build_bundle``) and **sharded** (``build_sharded`` with ``--shards S``; the shard jobs generate their own slices,
 in the child one after the other or, with ``--ray``, as Ray tasks). Both train on the same seeded sample, so the
@@ -11,7 +12,8 @@ two bundles hold the same trained indexes. A build's ``peak_rss_mb`` is the larg
 memory-mapped and runs ``--queries`` single queries, one thread, at the manifest's default search settings
 (``nprobe``, hybrid shortlist): ``p50_ms``, ``recall_at_10`` against exact cosine (a chunked brute-force scan), and
 its RSS after the queries (``serve_rss_mb``, file-backed pages of the mapped files included) against the bundle's
-``disk_bytes``.
+``disk_bytes``; ``loaded_rss_growth_mb`` and ``serve_rss_growth_mb`` are what loading, then the queries, added to
+the process's RSS (the imports excluded). IVF-PQ also reports ``no_refine``: the same queries without re-ranking.
 
 The data: a seeded mixture of anisotropic Gaussian clusters (power-law cluster sizes, a decaying spectrum, a
 random rotation), drawn in blocks of 65,536 rows, block b from its own seed, so any slice can be generated
@@ -217,38 +219,59 @@ def _serve(task: dict[str, Any]) -> dict[str, Any]:
     import faiss
 
     from dscmr.benchmarks.bundle_memory import _status_mb
-    from dscmr.benchmarks.search import recall_at
     from dscmr.indexing.bundle import load_bundle
-    from dscmr.indexing.hybrid import hybrid_search
 
     faiss.omp_set_num_threads(1)
     with np.load(task["queries"]) as f:
         xq, gt = f["xq"], f["gt"]
     before = _status_mb()
     b = load_bundle(task["out"], mmap=True)
+    loaded = _status_mb()
     kp = b.shortlist_for(10)
+    refine = b.refine_for(10)
+    p50, recall = _probe(b, xq, gt, kp)
+    rss = _status_mb()
+    out = {
+        "p50_ms": p50,
+        "recall_at_10": recall,
+        "serve_rss_mb": rss["rss_mb"],
+        "serve_anon_mb": rss["anon_mb"],
+        "serve_rss_growth_mb": round(rss["rss_mb"] - before["rss_mb"], 1),
+        "loaded_rss_growth_mb": round(loaded["rss_mb"] - before["rss_mb"], 1),
+        "search": _search_used(b, kp, refine),
+    }
+    if refine is not None:  # the same bundle without the exact re-ranking, for comparison
+        p50, recall = _probe(b, xq, gt, kp, refine=False)
+        out["no_refine"] = {"p50_ms": p50, "recall_at_10": recall}
+    b.close()
+    return out
+
+
+def _probe(b: Any, xq: np.ndarray, gt: np.ndarray, kp: int, *, refine: bool = True) -> tuple[float, float]:
+    """p50 (ms) and recall@10 of single queries at the bundle's defaults (``refine=False``: the raw float index)."""
+    from dscmr.benchmarks.search import recall_at
+    from dscmr.indexing.hybrid import hybrid_search
+
     ids, ms = [], []
     for i in range(xq.shape[0]):
         q = xq[i : i + 1]
         t0 = time.perf_counter()
         if b.float_index is not None:
-            I = b.float_index.search(q, 10)[1]
+            I = b.search_cosine(q, 10)[1] if refine else b.float_index.search(q, 10)[1]
         else:
-            assert b.binary_index is not None and b.hasher is not None and b.vectors is not None
             I = hybrid_search(b.binary_index, b.vectors, b.hasher.encode(q), q, 10, shortlist=kp)[1]
         ms.append((time.perf_counter() - t0) * 1e3)
         ids.append(I[0])
-    rss = _status_mb()
-    defaults = b.manifest.search_defaults()
-    b.close()
-    return {
-        "p50_ms": round(float(np.median(ms)), 3),
-        "recall_at_10": round(recall_at(np.stack(ids), gt, 10), 4),
-        "serve_rss_mb": rss["rss_mb"],
-        "serve_anon_mb": rss["anon_mb"],
-        "serve_rss_growth_mb": round(rss["rss_mb"] - before["rss_mb"], 1),
-        "search": {"nprobe": defaults.nprobe} if b.float_index is not None else {"shortlist": kp},
-    }
+    return round(float(np.median(ms)), 3), round(recall_at(np.stack(ids), gt, 10), 4)
+
+
+def _search_used(b: Any, kp: int, refine: int | None) -> dict[str, Any]:
+    if b.float_index is None:
+        return {"shortlist": kp}
+    used: dict[str, Any] = {"nprobe": b.manifest.search_defaults().nprobe}
+    if refine is not None:
+        used["refine"] = refine
+    return used
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -273,7 +296,7 @@ def bench_scale(
     *,
     shards: int,
     ray: str | None = None,
-    queries: int = 100,
+    queries: int = 1000,
     kinds: tuple[str, ...] = KINDS,
     seed: int = 0,
     threads: int = 1,
@@ -347,7 +370,9 @@ def _result(kind: str, shards: int, out: Path, built: dict[str, Any], served: di
         "serve_anon_mb": served["serve_anon_mb"],
         "serve_rss_over_disk": round(served["serve_rss_mb"] * 2**20 / disk, 4),
         "serve_growth_over_disk": round(served["serve_rss_growth_mb"] * 2**20 / disk, 4),
+        "loaded_rss_growth_mb": served["loaded_rss_growth_mb"],
         "search": served["search"],
+        **({"no_refine": served["no_refine"]} if "no_refine" in served else {}),
         "build": {k: v for k, v in built.items() if k not in ("build_seconds", "peak_rss_mb")},
     }
 
