@@ -81,7 +81,7 @@ def check_ray(address: str) -> None:
         ) from None
 
 
-def _connect(address: str) -> bool:
+def connect(address: str) -> bool:
     """Initialise Ray (unless it already is); returns whether this call started it (and must shut it down)."""
     check_ray(address)
     import ray
@@ -101,7 +101,7 @@ def _connect(address: str) -> bool:
     return True
 
 
-def _user_error(exc: BaseException) -> DscmrError | None:
+def user_error(exc: BaseException) -> DscmrError | None:
     """The project error inside a Ray exception chain (an actor's ConfigError, DataError, ...), if any."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
@@ -137,7 +137,7 @@ def run_on_ray(
     """
     import ray
 
-    started = _connect(address)
+    started = connect(address)
     try:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         threads = threads or max(1, cpus // workers if workers else 1)
@@ -167,7 +167,7 @@ def run_on_ray(
 
                 on_done(ShardEntry.from_dict(json.loads(str(row["entry"]))))
         except Exception as exc:  # Ray wraps an actor's exception; surface a user error as itself
-            err = _user_error(exc)
+            err = user_error(exc)
             if err is not None:
                 raise err from None
             raise

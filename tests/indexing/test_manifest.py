@@ -80,7 +80,7 @@ def _with(path: str, value: object) -> dict:
         ("float.params", {"efSearch": "x"}, "must be a number"),
         ("items.kind", "blob", "must be one of path, text, id"),
         ("metrics", ["dot"], "must list only"),
-        ("format_version", 2, "format version 2"),
+        ("format_version", 3, "format version 3"),
         ("format", "other", "not a dscmr-index-bundle manifest"),
     ],
 )

@@ -269,9 +269,16 @@ def test_thumbnail_of_a_path_outside_the_dataset_is_refused(tmp_path, shapes_run
 # The token
 
 
-def test_token_is_required_on_every_request(state):
+def test_token_is_required_on_every_request_but_the_health_probe(state):
     c = TestClient(create_app(state, token="s3cret", watch_interval=None))
-    for method, url in (("get", "/"), ("get", "/healthz"), ("get", "/api/v1/info"), ("post", SEARCH), ("get", "/docs")):
+    assert c.get("/healthz").json()["status"] == "ok"  # liveness probes carry no token
+    for method, url in (
+        ("get", "/"),
+        ("get", "/api/v1/info"),
+        ("post", SEARCH),
+        ("get", "/docs"),
+        ("get", "/healthz/x"),
+    ):
         resp = getattr(c, method)(url)
         _bad(resp, 401, "token")
         assert resp.headers["www-authenticate"] == "Bearer"
