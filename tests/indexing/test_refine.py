@@ -200,3 +200,25 @@ def test_memory_mapped_pq_bundle_reads_refine_rows_unmapped(
     for a, b in zip(pq_bundle.search_cosine(xq, 10), ram.search_cosine(xq, 10), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
     ram.close()
+
+
+@pytest.mark.parametrize("shards", [0, 2])
+def test_add_to_a_pq_bundle_appends_vectors_and_refines_the_new_items(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray, np.ndarray], shards: int
+) -> None:
+    from dscmr.indexing.build import add_to_bundle
+
+    xb = data[0]
+    b = _build(tmp_path / "b", xb[:6000], BuildSpec(float_factory=PQ, float_params=(("nprobe", 64),)), shards=shards)
+    b.close()
+    new = xb[6000:6100]
+    after = add_to_bundle(
+        tmp_path / "b", new, items=[f"n{i}" for i in range(100)], checkpoint_sha256=SHA, source={"split": "more"}
+    )
+    assert after.count == 6100 and after.vectors is not None and after.vectors.shape == (6100, D)
+    np.testing.assert_allclose(np.asarray(after.vectors[6000:]), _normed(new), atol=1e-6)
+    assert after.manifest.search_defaults().refine == default_refine(6100)
+    D_, I = after.search_cosine(new[:20], 1)
+    assert (I[:, 0] == np.arange(6000, 6020)).all()  # each added item is its own nearest neighbour, exactly
+    np.testing.assert_allclose(D_[:, 0], 1.0, atol=1e-5)
+    after.close()
