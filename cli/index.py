@@ -45,6 +45,10 @@ def _print_summary(s: dict[str, Any], verb: str) -> None:
     if s.get("shards"):
         parts.append(f"{len(s['shards'])} shards ({', '.join(map(str, s['shards']))} items)")
     typer.echo(", ".join(parts) + f"; metrics {', '.join(s['metrics'])}; {s['bytes'] / 1e6:.2f} MB")
+    names = {"shortlist": "hybrid shortlist", "nprobe": "nprobe", "refine": "re-rank top"}
+    used = [f"{names[k]} {v}" for k, v in s.get("search", {}).items() if k in names and v is not None]
+    if used:
+        typer.echo(f"search defaults for k = 10: {', '.join(used)}")
 
 
 @cli_errors

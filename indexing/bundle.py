@@ -164,7 +164,8 @@ class IndexBundle:
         return refine_search(self.float_index, rows, xq, k, shortlist=kp if shortlist is None else shortlist)
 
     def summary(self) -> dict[str, Any]:
-        """What ``dscmr index build/add --json`` prints: path, modality, size, indexes and total bytes."""
+        """What ``dscmr index build/add/info --json`` prints: path, modality, size, indexes, total bytes and the
+        default search settings (hybrid shortlist, nprobe, refine k′ for k = 10)."""
         m = self.manifest
         binary = m.binary
         return {
@@ -176,6 +177,7 @@ class IndexBundle:
             "float": m.float.factory if m.float else None,
             "binary": {"method": binary.method, "bits": binary.bits, "factory": binary.factory} if binary else None,
             "bytes": m.bytes,
+            "search": m.search_defaults().to_dict(),
             **({"shards": [s.count for s in m.shards]} if m.shards is not None else {}),
         }
 

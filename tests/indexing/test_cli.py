@@ -154,3 +154,32 @@ def test_index_info_checks_and_verifies(image_bundle: Path) -> None:
     assert _run("index", "info", "--bundle", image_bundle).exit_code == 0  # same size: only --verify sees it
     res = _run("index", "info", "--bundle", image_bundle, "--verify")
     assert res.exit_code == 2 and "SHA-256" in _error_line(res)
+
+
+def test_a_pq_or_sq_bundle_reports_and_uses_its_refine_default(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sq"
+    res = _run(
+        "index", "build", "--run", trained_run, "--modality", "image", "--out", out, "--float", "IVF2,SQ4", "--json"
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["metrics"] == ["cosine"] and summary["search"] == {
+        "rule": "v1",
+        "shortlist": None,
+        "nprobe": 2,
+        "refine": 50,
+    }
+    assert (out / "vectors.npy").is_file()
+    info = _run("index", "info", "--bundle", out)
+    assert info.exit_code == 0 and "search defaults for k = 10: nprobe 2, re-rank top 50" in info.stdout
+    for extra in ((), ("--shortlist", "8")):
+        res = _run(
+            "search", "text", "--query-id", "190", "--run", trained_run, "--index", out, "-k", "4", *extra, "--json"
+        )
+        assert res.exit_code == 0, res.output
+        scores = [h["score"] for h in json.loads(res.stdout)["hits"]]
+        assert len(scores) == 4 and scores == sorted(scores, reverse=True)
+    bad = _run(
+        "search", "text", "--query-id", "190", "--run", trained_run, "--index", out, "-k", "4", "--shortlist", "2"
+    )
+    assert bad.exit_code == 2 and "at least k" in _error_line(bad)
