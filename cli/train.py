@@ -39,13 +39,8 @@ def train_cmd(
     run_dir = out or _default_out(config, cfg.train.seed)
     cfg = config_for_run(cfg, run_dir, overrides=overrides, resume=resume)
     if ddp:
-        from dscmr.errors import UsageError
         from dscmr.train.distributed import launch_train
 
-        if cfg.train.ensemble > 1:
-            raise UsageError(
-                "--ddp trains one model; train.ensemble > 1 trains its members one after the other, drop --ddp"
-            )
         code = launch_train(
             ddp, config, run_dir, data_root=data_root, overrides=overrides, resume=resume, json_out=json_out
         )

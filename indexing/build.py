@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -31,6 +33,8 @@ from dscmr.indexing.manifest import (
     is_lossy,
 )
 from dscmr.indexing.swap import staging_dir, writer_lock
+
+log = logging.getLogger(__name__)
 
 # progress(stage, done, total); the CLI draws it as a bar.
 BuildProgress = Callable[[str, int, int], None]
@@ -306,9 +310,7 @@ def add_to_bundle(
             manifest = _extended_manifest(old, xb.shape[0], items=items, source=source)
             with staging_dir(path) as tmp:
                 if old.manifest.shards is not None:  # a sharded bundle: the rows go to its smallest shard
-                    from dscmr.indexing.shards import append_to_smallest_shard
-
-                    manifest = append_to_smallest_shard(
+                    manifest = _append_to_smallest_shard(
                         tmp, old, xb, items=items, labels=labels, manifest=manifest, progress=progress
                     )
                 else:
@@ -352,10 +354,10 @@ def _append_files(
         old.binary_index.save(tmp / BINARY_FILE)
         old.hasher.save(tmp / HASHER_FILE)
     progress("add", xb.shape[0], xb.shape[0])
-    append_items(tmp, old, xb, items=items, labels=labels, manifest=manifest)
+    _append_items(tmp, old, xb, items=items, labels=labels, manifest=manifest)
 
 
-def append_items(
+def _append_items(
     tmp: Path, old: IndexBundle, xb: np.ndarray, *, items: list[str], labels: np.ndarray | None, manifest: Manifest
 ) -> None:
     """Write the old bundle's vectors and items table plus the new rows into ``tmp``."""
@@ -372,4 +374,58 @@ def append_items(
     )
 
 
-__all__ = ["BuildSpec", "add_to_bundle", "append_items", "build_bundle"]
+def _append_to_smallest_shard(
+    tmp: Path,
+    old: IndexBundle,
+    xb: np.ndarray,
+    *,
+    items: list[str],
+    labels: np.ndarray | None,
+    manifest: Manifest,
+    progress: BuildProgress,
+) -> Manifest:
+    """Write a sharded bundle plus ``xb`` into ``tmp``: the new rows go to the shard holding the fewest items.
+
+    Only that shard's index files are rewritten; the others are hard-linked from the old bundle (copied where the
+    file system cannot link): a writer never changes a file in place, so the old bundle stays intact.
+
+    Returns:
+        ``manifest`` with the shard's new id run.
+    """
+    assert old.manifest.shards is not None
+    folder = old.folder or old.path
+    shards = list(old.manifest.shards)
+    target = min(range(len(shards)), key=lambda i: (shards[i].count, i))
+    info = shards[target]
+    m = old.manifest
+    if info.float is not None and m.float is not None:
+        fi = FloatIndex.load(folder / info.float, factory=m.float.factory, d=m.dim, mmap=False)
+        fi.add(xb, progress=lambda done, total: progress(f"add float shard {target}", done, total))
+        fi.save(tmp / info.float)
+    if info.binary is not None and m.binary is not None and old.hasher is not None:
+        bi = BinaryIndex.load(folder / info.binary, factory=m.binary.factory, bits=m.binary.bits, mmap=False)
+        bi.add(old.hasher.encode(xb))
+        bi.save(tmp / info.binary)
+    keep = set(m.files) - {ITEMS_FILE, VECTORS_FILE, *info.files()}
+    for name in sorted(keep):
+        _link_or_copy(folder / name, tmp / name)
+    _append_items(tmp, old, xb, items=items, labels=labels, manifest=manifest)
+    progress("add", xb.shape[0], xb.shape[0])
+    first, (last_first, last_count) = old.count, info.ranges[-1]
+    if last_first + last_count == first:  # the new ids continue the shard's last run
+        ranges = (*info.ranges[:-1], (last_first, last_count + xb.shape[0]))
+    else:
+        ranges = (*info.ranges, (first, xb.shape[0]))
+    shards[target] = replace(info, ranges=ranges)
+    log.info("added %d items to shard %d of %s", xb.shape[0], target, old.path)
+    return replace(manifest, shards=tuple(shards))
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+__all__ = ["BuildSpec", "add_to_bundle", "build_bundle"]

@@ -60,7 +60,6 @@ from dscmr.indexing.manifest import (
     FileEntry,
     Manifest,
     bundle_file,
-    is_lossy,
     read_manifest,
 )
 from dscmr.indexing.sharded_index import load_sharded_binary, load_sharded_float
@@ -404,7 +403,7 @@ def _load(path: Path, folder: Path, *, checkpoint_sha256: str | None, verify: bo
         bundle.close()
         raise IndexBundleError(f"{folder / ITEMS_FILE} is not a readable items table ({exc}); rebuild") from None
     _check_count(int(n_items), m.count, folder / ITEMS_FILE)
-    if mmap and m.has_vectors and m.float is not None and is_lossy(m.float.factory):
+    if mmap and bundle.refine_for(1) is not None:
         bundle.vector_file = VectorFile(folder / VECTORS_FILE)  # refine reads its rows unmapped (vector_file.py)
     return bundle
 

@@ -15,6 +15,7 @@ from dscmr.errors import DataError, UsageError
 from dscmr.indexing.build import BuildProgress, BuildSpec, add_to_bundle, build_bundle
 from dscmr.indexing.bundle import MODALITIES, IndexBundle
 from dscmr.indexing.hashing import LinearHasher, learned_hasher
+from dscmr.indexing.shards import build_sharded_bundle
 from dscmr.train import LoadedRun, encode_split, load_run
 
 
@@ -181,8 +182,6 @@ def build_from_run(
         verify=verify,
     )
     if shards is not None:
-        from dscmr.indexing.shards import build_sharded_bundle
-
         return build_sharded_bundle(out, enc.embeddings, shards=shards, ray=ray, **options)
     return build_bundle(out, enc.embeddings, **options)
 
@@ -224,7 +223,6 @@ def build_from_options(
             learned codes, else 64).
     """
     check_modality(modality)
-    check_shard_options(shards, ray)
     run = as_run(run)
     spec = BuildSpec.from_options(**options, learned_bits=int(run.model.hash_bits))
     return build_from_run(

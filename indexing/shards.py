@@ -1,4 +1,4 @@
-"""Build an index bundle in shards (in this process or on Ray) and add to a sharded bundle's smallest shard.
+"""Build an index bundle in shards, in this process or on Ray (`add_to_bundle` extends its smallest shard).
 
 A sharded build trains once, in the driver, on a seeded sample: the float index (IVF coarse quantizer, PQ
 codebooks), the binary index (BIVF) and the ``sign`` / ``itq`` hasher. The trained, empty indexes are serialised
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import resource
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -38,7 +37,7 @@ import numpy as np
 from dscmr.errors import DataError, UsageError
 from dscmr.indexing.arrays import as_float_matrix, l2_normalize
 from dscmr.indexing.binary_index import BinaryIndex
-from dscmr.indexing.build import BuildProgress, BuildSpec, _check_items, _hasher, _metrics, _run_info, append_items
+from dscmr.indexing.build import BuildProgress, BuildSpec, _check_items, _hasher, _metrics, _run_info
 from dscmr.indexing.bundle import IndexBundle, finish_manifest, load_bundle, now, write_items
 from dscmr.indexing.float_index import FloatIndex, train_sample_size
 from dscmr.indexing.hashing import LinearHasher
@@ -466,67 +465,12 @@ def _run_on_ray(jobs: list[ShardJob], *, address: str, threads: int, progress: B
             ray.shutdown()
 
 
-def append_to_smallest_shard(
-    tmp: Path,
-    old: IndexBundle,
-    xb: np.ndarray,
-    *,
-    items: list[str],
-    labels: np.ndarray | None,
-    manifest: Manifest,
-    progress: BuildProgress,
-) -> Manifest:
-    """Write a sharded bundle plus ``xb`` into ``tmp``: the new rows go to the shard holding the fewest items.
-
-    Only that shard's index files are rewritten; the others are hard-linked from the old bundle (copied where the
-    file system cannot link): a writer never changes a file in place, so the old bundle stays intact.
-
-    Returns:
-        ``manifest`` with the shard's new id run.
-    """
-    assert old.manifest.shards is not None
-    folder = old.folder or old.path
-    shards = list(old.manifest.shards)
-    target = min(range(len(shards)), key=lambda i: (shards[i].count, i))
-    info = shards[target]
-    m = old.manifest
-    if info.float is not None and m.float is not None:
-        fi = FloatIndex.load(folder / info.float, factory=m.float.factory, d=m.dim, mmap=False)
-        fi.add(xb, progress=lambda done, total: progress(f"add float shard {target}", done, total))
-        fi.save(tmp / info.float)
-    if info.binary is not None and m.binary is not None and old.hasher is not None:
-        bi = BinaryIndex.load(folder / info.binary, factory=m.binary.factory, bits=m.binary.bits, mmap=False)
-        bi.add(old.hasher.encode(xb))
-        bi.save(tmp / info.binary)
-    keep = set(m.files) - {ITEMS_FILE, VECTORS_FILE, *info.files()}
-    for name in sorted(keep):
-        _link_or_copy(folder / name, tmp / name)
-    append_items(tmp, old, xb, items=items, labels=labels, manifest=manifest)
-    progress("add", xb.shape[0], xb.shape[0])
-    first, (last_first, last_count) = old.count, info.ranges[-1]
-    if last_first + last_count == first:  # the new ids continue the shard's last run
-        ranges = (*info.ranges[:-1], (last_first, last_count + xb.shape[0]))
-    else:
-        ranges = (*info.ranges, (first, xb.shape[0]))
-    shards[target] = replace(info, ranges=ranges)
-    log.info("added %d items to shard %d of %s", xb.shape[0], target, old.path)
-    return replace(manifest, shards=tuple(shards))
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 __all__ = [
     "ArrayRows",
     "RowSource",
     "ShardDone",
     "ShardJob",
     "ShardedBuild",
-    "append_to_smallest_shard",
     "build_sharded",
     "build_sharded_bundle",
     "fill_shard",
