@@ -223,13 +223,19 @@ class FeaturesDir:
 
     def remove_unlisted_shards(self, manifest: FeaturesManifest) -> list[str]:
         """Delete the shard files the manifest does not list (left by an earlier plan) and the temporary files of
-        writes a kill interrupted; returns their names."""
+        writes a kill interrupted (of shards, the manifest and the item lists); returns their names."""
         listed = {s.file for s in manifest.shards}
         found = sorted((self.root / SHARD_DIR).glob("*.npy")) + sorted((self.root / SHARD_DIR).glob(".*.tmp"))
         stale = [p for p in found if f"{SHARD_DIR}/{p.name}" not in listed]
         for path in stale:
             self.path(f"{SHARD_DIR}/{path.name}").unlink()
-        return [p.name for p in stale]
+        own = (MANIFEST, *ITEM_FILES.values())  # atomic_write_with names its temporary file .<name>.<random>.tmp
+        temps = sorted(
+            p for name in own for p in self.root.glob(f".{name}.*.tmp") if p.is_file() and not p.is_symlink()
+        )
+        for path in temps:
+            path.unlink()
+        return [p.name for p in stale + temps]
 
     def shard_intact(self, entry: ShardEntry) -> bool:
         """Whether a finished entry's file is present with the recorded SHA-256."""

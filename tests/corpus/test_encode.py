@@ -77,11 +77,16 @@ def test_rerun_after_a_kill_recomputes_only_unfinished_shards(encoded, data_cfg,
     with pytest.raises(DataError, match="unfinished"):
         load_dataset(_features_cfg(out))
 
+    # a kill in the middle of an atomic write leaves its temporary file: the rerun removes ours, nothing else
+    for name in (".manifest.json.k1ll3d.tmp", ".images.jsonl.k1ll3d.tmp", "shards/.text-00003.npy.k1ll3d.tmp"):
+        (out / name).write_bytes(b"half")
+    (out / ".notes.k1ll3d.tmp").write_bytes(b"a user's file")
     encoder = make_encoder(out)
     result = encode_corpus(data_cfg, out, shard_size=SHARD_SIZE, encoder=encoder)
     all_shards = [("image", i) for i in range(3)] + [("text", i) for i in range(4)]
     assert encoder.encoded == [s for s in all_shards if s not in seen]
     assert (result.computed, result.reused) == (4, 3)
+    assert [p.name for p in out.rglob("*.tmp")] == [".notes.k1ll3d.tmp"]
     for kind, arr in _features(out).items():
         np.testing.assert_array_equal(arr, _features(encoded)[kind])
 
