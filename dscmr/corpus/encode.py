@@ -5,16 +5,19 @@ texts into shards (:mod:`dscmr.corpus.shards`), keeps the shards a previous run 
 finished, and encodes the rest: in this process, or on a Ray cluster whose actors each hold the encoders
 (:mod:`dscmr.corpus.ray_runner`). It writes the folder that ``data.format = "features_dir"`` reads
 (:mod:`dscmr.data.features_dir`), updating the manifest after every shard, so a killed job rerun with the same
-command recomputes only the unfinished shards.
+command recomputes only the unfinished shards. One process writes a folder at a time: an encode holds the folder's
+writer lock (``.NAME.lock`` beside it, :mod:`dscmr.utils.locks`) throughout, and a second one into the same folder
+stops at once with one line instead of racing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from dscmr.config import DataConfig
 from dscmr.corpus.shards import ShardEncoder, ShardTask, plan_shards, reusable_shards, reuse
 from dscmr.data.features_dir import FEATURES_DIR_VERSION, FeaturesDir, FeaturesManifest, ShardEntry
 from dscmr.errors import DataError, UsageError
+from dscmr.utils.locks import try_exclusive
 from dscmr.utils.progress import Progress, counter
 
 log = logging.getLogger(__name__)
@@ -269,7 +273,8 @@ def encode_corpus(
         progress: Hears ``(shards done, shards, "encode shards")`` reports (:mod:`dscmr.utils.progress`).
 
     Raises:
-        UsageError: A non-raw data format, bad option values, ``--out`` holding something else, no Ray.
+        UsageError: A non-raw data format, bad option values, ``--out`` holding something else or being written by
+            another process at the same time (its writer lock, ``.NAME.lock`` beside it), no Ray.
         DataError: Bad records (see :func:`read_corpus`).
     """
     if shard_size <= 0 or batch_size < 0 or workers < 0 or threads < 0:
@@ -280,6 +285,51 @@ def encode_corpus(
         check_ray(ray)
     t0 = time.perf_counter()
     folder = FeaturesDir(out)
+    with _writer(folder):
+        return _encode(
+            cfg, folder, t0, data_root=data_root, ray=ray, workers=workers, threads=threads, batch_size=batch_size,
+            shard_size=shard_size, encoder=encoder, on_shard=on_shard, progress=progress,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _writer(folder: FeaturesDir) -> Iterator[None]:
+    """Hold ``--out``'s writer lock (``.NAME.lock`` beside it) for the whole encode, or refuse at once.
+
+    Raises:
+        UsageError: Another process is encoding into the same folder, or the lock file cannot be created.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            mine = stack.enter_context(try_exclusive(folder.root))
+        except OSError as exc:
+            raise UsageError(
+                f"cannot lock --out {folder.root} ({exc.strerror}); check the folder's permissions"
+            ) from None
+        if not mine:
+            raise UsageError(
+                f"--out {folder.root} is being written by another dscmr encode; wait for it to finish "
+                "(a rerun then reuses its shards) or pass another --out"
+            )
+        yield
+
+
+def _encode(
+    cfg: DataConfig,
+    folder: FeaturesDir,
+    t0: float,
+    *,
+    data_root: str | Path | None,
+    ray: str | None,
+    workers: int,
+    threads: int,
+    batch_size: int,
+    shard_size: int,
+    encoder: ShardEncoder | None,
+    on_shard: Callable[[ShardEntry], None] | None,
+    progress: Progress | bool | None,
+) -> EncodeResult:
+    """:func:`encode_corpus` once its options are checked and ``--out``'s writer lock is held."""
     previous = _check_out(folder)
     corpus = read_corpus(cfg, data_root)
     if encoder is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +119,54 @@ def test_a_real_kill_then_rerun_recomputes_only_unfinished_shards(
     assert not list(out.rglob("*.tmp"))
     for kind, arr in _features(out).items():  # row by row the same features as shards of 5 rows
         np.testing.assert_allclose(arr, _features(encoded)[kind], atol=1e-5)
+
+
+def test_a_second_encode_into_a_folder_being_written_stops_at_once(config_file, encoded, tmp_path):
+    """A real `dscmr encode` is frozen (SIGSTOP) mid-way; a second one into the same --out stops with one line and
+    touches nothing; the first, resumed, finishes the folder whole and right."""
+    out = tmp_path / "features"
+    cmd = [sys.executable, "-m", "dscmr.cli.main", "encode", "--config", str(config_file), "--out", str(out)]
+    cmd += ["--shard-size", "1", "--threads", "1"]
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while first.poll() is None and not (out / "manifest.json").is_file():
+            time.sleep(0.01)  # the manifest is first written with the lock held
+        first.send_signal(signal.SIGSTOP)
+        before = FeaturesDir(out).read_manifest()
+        if before is None or before.complete:
+            pytest.skip("the first encode finished before it could be frozen")
+        files = sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*"))
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in out.rglob("*")) == files  # nothing touched
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=300) == 0
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+        first.wait()
+    assert second.returncode == 2, second.stderr
+    lines = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "is being written by another dscmr encode" in lines[0], second.stderr
+    for kind, arr in _features(out).items():
+        np.testing.assert_allclose(arr, _features(encoded)[kind], atol=1e-5)
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_the_writer_lock_is_exclusive_and_released(tmp_path):
+    from dscmr.utils.locks import sibling_lock_path, try_exclusive
+
+    out = tmp_path / "sub" / "features"
+    with try_exclusive(out) as mine:
+        assert mine and sibling_lock_path(out) == tmp_path / "sub" / ".features.lock"
+        with try_exclusive(out) as again:  # another descriptor, even in this process
+            assert not again
+    with try_exclusive(out) as mine:
+        assert mine  # released on leaving the block
+    with try_exclusive(out) as mine:
+        assert mine
+        with pytest.raises(UsageError, match="being written by another dscmr encode"):
+            encode_corpus(DataConfig(), out)
+    assert not out.exists()  # refused before anything was written
 
 
 def test_rerun_recomputes_a_missing_or_changed_shard_and_nothing_else(encoded_copy, data_cfg, make_encoder):
