@@ -165,6 +165,9 @@ class TrainConfig:
         ensemble: Seed ensemble size N, 1 to 16: N>1 trains N members one after the other (member j with seed
             ``seed + 1000 * j``, each selecting its own epoch on validation) and saves them as one model whose
             embedding concatenates the members' L2-normalised embeddings (:mod:`dscmr.train.ensemble`); 1 = one model.
+        ensemble_dim: With ``ensemble > 1``: project the concatenated embedding (N * common_dim wide) onto its first
+            ``ensemble_dim`` principal axes, fitted on the training rows' embeddings of both modalities, so a bundle
+            stores ``ensemble_dim`` floats per item (0 keeps the concatenation).
     """
 
     epochs: int = 500
@@ -179,6 +182,7 @@ class TrainConfig:
     threads: int = 0
     checkpoint_every: int = 10
     ensemble: int = 1
+    ensemble_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,20 @@ class Config:
             raise ConfigError(
                 "train.ensemble > 1 has no learned hash layer; set model.hash_bits = 0 (index the ensemble with "
                 "--binary sign or itq) or train.ensemble = 1"
+            )
+        self._check_ensemble_dim()
+
+    def _check_ensemble_dim(self) -> None:
+        """``train.ensemble_dim`` is 0, or 1 to N * common_dim with an ensemble of N > 1."""
+        k, n = self.train.ensemble_dim, self.train.ensemble
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ConfigError(f"train.ensemble_dim must be an integer >= 0 (0 = no projection), got {k!r}")
+        if k and n == 1:
+            raise ConfigError("train.ensemble_dim projects a seed ensemble; set train.ensemble > 1 or ensemble_dim = 0")
+        if k > n * self.model.common_dim:
+            raise ConfigError(
+                f"train.ensemble_dim {k} is wider than the ensemble's {n} x {self.model.common_dim} = "
+                f"{n * self.model.common_dim} dimensions; choose a smaller ensemble_dim"
             )
 
 

@@ -10,7 +10,9 @@ like any run's.
 ``metrics.json`` keeps a plain run's keys, with the ensemble's val / test metrics; ``best_epoch`` and
 ``epochs_run`` are the largest over the members, ``train_seconds`` their sum and ``history`` is empty (each
 member's is in its own folder). ``ensemble`` adds ``size`` and ``members``: each member's seed, selected epoch,
-epochs run, seconds and val / test metrics.
+epochs run, seconds and val / test metrics. With ``train.ensemble_dim = K`` the saved model also holds the
+projection onto the K principal axes of its training embeddings (:meth:`~dscmr.models.DSCMREnsemble.fit_projection`),
+and val / test are measured through it.
 
 Resume (``--resume``): finished members are kept (their saved config must be this run's member config), a killed
 member resumes from its training state, the rest train afresh. A finished member's training state is deleted (it
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dscmr.config import Config, to_dict
 from dscmr.data import FeatureDataset
@@ -54,7 +58,7 @@ def member_seed(seed: int, index: int) -> int:
 
 def member_config(cfg: Config, index: int) -> Config:
     """The plain-run config member ``index`` trains with: the run's, with the member's seed and no ensemble."""
-    return replace(cfg, train=replace(cfg.train, seed=member_seed(cfg.train.seed, index), ensemble=1))
+    return replace(cfg, train=replace(cfg.train, seed=member_seed(cfg.train.seed, index), ensemble=1, ensemble_dim=0))
 
 
 def train_ensemble(
@@ -154,9 +158,12 @@ def _check_member_config(folder: RunDir, mcfg: Config, index: int) -> None:
 
 
 def _finish(cfg: Config, ds: FeatureDataset, run: RunDir, members: list[dict[str, Any]]) -> TrainResult:
-    """Load the members as one ensemble, evaluate it on val and test, write the model and the metrics."""
-    model = DSCMREnsemble([_member_model(run.member(j)) for j in range(len(members))])
+    """Load the members as one ensemble (fitting its projection on train, ``train.ensemble_dim``), evaluate it on
+    val and test, write the model and the metrics."""
+    model = DSCMREnsemble([_member_model(run.member(j)) for j in range(len(members))], dim=cfg.train.ensemble_dim)
     model.eval()
+    if cfg.train.ensemble_dim:
+        model.fit_projection(torch.as_tensor(ds.train.img), torch.as_tensor(ds.train.txt))
     k, chunk = cfg.eval.k, cfg.eval.chunk_size
     val = evaluate_split(model, ds.val, k=k, chunk_size=chunk)
     held_out = "test" if len(ds.test) else "val"  # no test split: report val, as a plain run does

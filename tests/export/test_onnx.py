@@ -148,3 +148,25 @@ def test_export_refuses_a_folder_that_is_not_an_export(tiny_runs, tmp_path):
 def test_bad_engine_option_is_one_error_line(tiny_runs, tmp_path):
     args = ["index", "build", "--run", str(tiny_runs["shapes"]), "--modality", "image", "--out", str(tmp_path / "b")]
     assert "unknown encoder engine" in _one_error_line(runner.invoke(app, [*args, "--engine", "tensorrt"]))
+
+
+def test_a_projected_seed_ensemble_exports_with_its_projection(onnx_cache, tmp_path):
+    from dataclasses import replace
+
+    from dscmr.data.builtin import builtin_folder
+    from dscmr.demo import demo_config
+    from dscmr.encoders.exported import ExportedRun
+    from dscmr.train import train
+
+    cfg = demo_config(dataset="shapes", quick=True, cache_dir=str(onnx_cache), threads=1)
+    folder = builtin_folder("shapes", onnx_cache, n=100)
+    cfg = replace(cfg, data=replace(cfg.data, format="folder", root=str(folder)))
+    cfg = replace(cfg, train=replace(cfg.train, epochs=3, ensemble=2, ensemble_dim=8))
+    train(cfg, tmp_path / "run", progress=False)
+    res = runner.invoke(app, ["export", "onnx", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["embed_dim"] == 8
+    split, u, v = _torch_embeddings(tmp_path / "run")
+    ex = ExportedRun(tmp_path / "x")
+    assert _cos(u, ex.encode_image_paths([str(p) for p in split.img_items])).min() >= 0.9999
+    assert _cos(v, ex.encode_texts(list(split.txt_items))).min() >= 0.9999

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -17,7 +18,7 @@ from dscmr.config import load_config
 from dscmr.data import load_dataset
 from dscmr.errors import CheckpointError, ConfigError
 from dscmr.eval import cross_modal_map
-from dscmr.models import DSCMR, DSCMREnsemble
+from dscmr.models import DSCMR, DSCMREnsemble, EnsembleSpec
 from dscmr.train import encode_split, load_run, train
 from dscmr.train.ensemble import member_config, member_seed
 
@@ -51,7 +52,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {"config": cfg_path, "plain0": tmp / "run"}
     train(load_config(cfg_path, ["train.seed=1000"]), tmp / "plain1000", progress=False)
     train(load_config(cfg_path, ["train.ensemble=2"]), tmp / "ens", progress=False)
-    out.update(plain1000=tmp / "plain1000", ens=tmp / "ens")
+    train(load_config(cfg_path, ["train.ensemble=2", "train.ensemble_dim=8"]), tmp / "proj", progress=False)
+    train(load_config(cfg_path, ["train.ensemble=2", "train.ensemble_dim=32"]), tmp / "proj32", progress=False)
+    out.update(plain1000=tmp / "plain1000", ens=tmp / "ens", proj=tmp / "proj", proj32=tmp / "proj32")
     return out
 
 
@@ -140,6 +143,88 @@ def test_saved_ensemble_evaluates_indexes_and_searches(runs, tmp_path):
     res = runner.invoke(app, ["index", "build", "--run", str(ens), "--modality", "image", "--out",
                               str(tmp_path / "l"), "--binary", "learned"])  # fmt: skip
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "no hash layer" in res.output
+
+
+def _principal_cosines(runs: dict[str, Path], split: str, k: int) -> torch.Tensor:
+    """Image-text cosines of ``split`` after projecting the unprojected ensemble onto the first k principal axes of
+    its train embeddings (numpy SVD, computed here independently of the model's own fit)."""
+    ds = load_dataset(load_config(runs["config"]).data)
+    ens = load_run(runs["ens"]).model
+    joined = torch.cat(encode_split(ens, ds.train)).double().numpy()
+    _, _, vt = np.linalg.svd(joined - joined.mean(axis=0), full_matrices=False)
+    u, v = (torch.from_numpy(x.double().numpy() @ vt[:k].T) for x in encode_split(ens, getattr(ds, split)))
+    return torch.nn.functional.normalize(u, dim=1) @ torch.nn.functional.normalize(v, dim=1).T
+
+
+def test_projected_ensemble_ranks_by_its_principal_axes(runs):
+    proj = load_run(runs["proj"])
+    assert isinstance(proj.model, DSCMREnsemble) and proj.model.embed_dim == 8
+    assert json.loads((runs["proj"] / "model.json").read_text())["dim"] == 8
+    w = proj.model.projection
+    assert w is not None and w.shape == (32, 8)
+    torch.testing.assert_close(w.T @ w, torch.eye(8), atol=1e-5, rtol=0)  # orthonormal axes
+    ds = load_dataset(load_config(runs["config"]).data)
+    u, v = encode_split(proj.model, ds.test)
+    assert u.shape == (len(ds.test), 8)
+    torch.testing.assert_close(u.norm(dim=1), torch.ones(len(u)), atol=1e-6, rtol=0)
+    expected = _principal_cosines(runs, "test", 8)  # the same members (same seeds): only the projection differs
+    torch.testing.assert_close((u @ v.T).double(), expected, atol=1e-4, rtol=0)
+    assert _metrics(runs["proj"])["test"]["avg"] == pytest.approx(cross_modal_map(u, v, ds.test.labels)["avg"])
+    ev = runner.invoke(app, ["eval", str(runs["proj"]), "--json"])
+    assert ev.exit_code == 0 and json.loads(ev.stdout)["avg"] == pytest.approx(_metrics(runs["proj"])["test"]["avg"])
+
+
+def test_a_full_width_projection_keeps_every_cosine(runs):
+    ds = load_dataset(load_config(runs["config"]).data)
+    u, v = encode_split(load_run(runs["ens"]).model, ds.test)
+    pu, pv = encode_split(load_run(runs["proj32"]).model, ds.test)  # 32 = 2 x 16 axes: a rotation
+    torch.testing.assert_close(pu @ pv.T, u @ v.T, atol=1e-5, rtol=0)
+
+
+def test_projected_ensemble_indexes_and_searches(runs, tmp_path):
+    bundle = tmp_path / "img"
+    res = runner.invoke(app, ["index", "build", "--run", str(runs["proj"]), "--modality", "image", "--out",
+                              str(bundle), "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["dim"] == 8
+    res = runner.invoke(app, ["search", "text", "--query-id", "190", "--run", str(runs["proj"]), "--index",
+                              str(bundle), "-k", "1", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    ds = load_dataset(load_config(runs["config"]).data)
+    row = list(ds.test.txt_items).index("190")
+    top = int(_principal_cosines(runs, "test", 8)[:, row].argmax())
+    assert json.loads(res.stdout)["hits"][0]["item"] == ds.test.img_items[top]
+
+
+def test_projection_misuse_is_refused():
+    member = DSCMR(img_dim=4, txt_dim=3, num_classes=2, img_hidden=(8,), txt_hidden=(8,), common_dim=4)
+    with pytest.raises(ValueError, match="no projection"):
+        DSCMREnsemble([member, member]).fit_projection(torch.zeros(5, 4), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="needs at least 6 training rows"):
+        DSCMREnsemble([member, member], dim=6).fit_projection(torch.zeros(2, 4), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="dim must be an integer from 0 to 8"):
+        DSCMREnsemble([member, member], dim=9)
+    # A model description written before projections existed (no "dim") still loads, unprojected.
+    old = DSCMREnsemble([member, member]).spec.to_dict()
+    del old["dim"]
+    assert EnsembleSpec.from_dict(old).dim == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["train.ensemble_dim=4"], "train.ensemble_dim projects a seed ensemble"),
+        (["train.ensemble=2", "train.ensemble_dim=33"], "wider than the ensemble's 2 x 16 = 32 dimensions"),
+        (["train.ensemble=2", "train.ensemble_dim=-1"], "must be an integer >= 0"),
+    ],
+)
+def test_bad_ensemble_dims_are_one_line(tmp_path, tiny_config, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(tiny_config, overrides)
+    args = ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r")]
+    res = runner.invoke(app, [*args, *[a for o in overrides for a in ("--set", o)]])
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and res.output.startswith("error: ")
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
