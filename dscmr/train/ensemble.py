@@ -35,6 +35,7 @@ from dscmr.config import Config, to_dict
 from dscmr.data import FeatureDataset
 from dscmr.errors import CheckpointError, ConfigError
 from dscmr.models import DSCMR, DSCMREnsemble
+from dscmr.models.ensemble import FIT_ROWS
 from dscmr.train.checkpoint import load_run, model_meta, save_model
 from dscmr.train.distributed import DistContext
 from dscmr.train.evaluate import evaluate_split
@@ -86,11 +87,12 @@ def train_ensemble(
         on_epoch_end: Called with ``(epoch, record)`` after each member epoch; ``record["member"]`` is ``j``.
 
     Raises:
-        ConfigError: Under DDP (more than one process).
+        ConfigError: Under DDP (more than one process), or ``train.ensemble_dim`` wider than the training rows.
         CheckpointError: ``resume`` without member folders, or a finished member trained with another config.
     """
     if ctx.active:
         raise ConfigError("train.ensemble > 1 trains its members one after the other in one process; drop --ddp")
+    _check_projection_rows(cfg, ds)
     run = RunDir(run_dir)
     if resume and not run.members.is_dir():
         raise CheckpointError(f"nothing to resume in {run}: {run.MEMBERS}/ is missing; train without --resume")
@@ -104,6 +106,16 @@ def train_ensemble(
         for j in range(cfg.train.ensemble)
     ]
     return _finish(cfg, ds, run, members)
+
+
+def _check_projection_rows(cfg: Config, ds: FeatureDataset) -> None:
+    """Refuse, before any member trains, a projection wider than the training rows that would fit it."""
+    k, rows = cfg.train.ensemble_dim, 2 * min(len(ds.train), FIT_ROWS)  # images and texts, at most FIT_ROWS each
+    if k > rows:
+        raise ConfigError(
+            f"train.ensemble_dim {k} needs at least {k} training rows to fit its axes, and this training split gives "
+            f"{rows} (images plus texts); lower train.ensemble_dim"
+        )
 
 
 def _train_member(

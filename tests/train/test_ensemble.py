@@ -210,6 +210,15 @@ def test_projection_misuse_is_refused():
     assert EnsembleSpec.from_dict(old).dim == 0
 
 
+def test_a_projection_wider_than_the_training_rows_is_refused_before_training(tmp_path, tiny_config):
+    cfg = load_config(
+        tiny_config, ["model.common_dim=32", "train.ensemble=16", "train.ensemble_dim=321"]
+    )  # 160 train pairs: 320 rows
+    with pytest.raises(ConfigError, match="needs at least 321 training rows.*gives 320"):
+        train(cfg, tmp_path / "r", progress=False)
+    assert not (tmp_path / "r" / "members").exists()
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
