@@ -15,7 +15,6 @@ complete version (the bundle, or between the two renames its backup) and never r
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import glob
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from dscmr.errors import IndexBundleError
 from dscmr.indexing.manifest import MANIFEST
+from dscmr.utils.locks import sibling_lock_path, try_flock
 
 # Locks held in this process: (lock-file path, thread id) -> descriptor. flock conflicts between two descriptors of
 # one process too, so nested writers of one thread (add -> load -> swap) share the outermost one, and another
@@ -45,7 +45,7 @@ def _siblings(target: Path, kind: str) -> list[Path]:
 
 def lock_path(target: Path) -> Path:
     """The writer-lock file of the bundle ``target``."""
-    return target.parent / f".{target.name}.lock"
+    return sibling_lock_path(target)
 
 
 def _open_lock(target: Path, *, create: bool) -> int | None:
@@ -108,14 +108,7 @@ def probe_writer(target: Path) -> Iterator[bool]:
         yield True
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            yield False
-            return
-        yield True
+        yield try_flock(fd)
     finally:
         os.close(fd)
 

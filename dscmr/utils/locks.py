@@ -22,6 +22,18 @@ def sibling_lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
+def try_flock(fd: int) -> bool:
+    """Take an exclusive ``flock`` on the open descriptor ``fd`` without waiting; False if another descriptor holds
+    it (in any process, this one included)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def try_exclusive(target: str | Path) -> Iterator[bool]:
     """Try to hold the lock of ``target`` for the ``with`` block; yield whether this process got it.
@@ -36,13 +48,6 @@ def try_exclusive(target: str | Path) -> Iterator[bool]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            yield False
-            return
-        yield True
+        yield try_flock(fd)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
