@@ -377,13 +377,17 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...] | None) -> T:
-    """Apply ``section.key=value`` overrides with :func:`dataclasses.replace`.
+    """Apply ``section.key=value`` overrides, then rebuild ``cfg`` once.
 
-    Values are parsed as TOML (``1e-4``, ``true``, ``[1024, 512]``, ``"text"``); a bare word is a string.
+    Values are parsed as TOML (``1e-4``, ``true``, ``[1024, 512]``, ``"text"``); a bare word is a string. Every
+    override is applied before the config's own cross-field checks run, so their order never matters:
+    ``train.ensemble=1`` then ``train.ensemble_dim=0`` gives the same config as the reverse.
 
     Raises:
-        ConfigError: For a malformed override, an unknown key or a wrong type.
+        ConfigError: For a malformed override, an unknown key, a wrong type, or a resulting config that fails its
+            checks.
     """
+    changed: dict[str, Any] = {}
     for item in overrides or ():
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
@@ -391,11 +395,12 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...] | None) -> T:
         path = [p for p in dotted.strip().split(".") if p]
         if not path:
             raise ConfigError(f"override {item!r} has an empty key")
-        cfg = _replace_path(cfg, path, _parse_value(raw.strip()), item)
-    return cfg
+        _override(cfg, changed, path, _parse_value(raw.strip()), item)
+    return dataclasses.replace(cfg, **changed) if changed else cfg
 
 
-def _replace_path(obj: Any, path: list[str], value: Any, item: str) -> Any:
+def _override(obj: Any, changed: dict[str, Any], path: list[str], value: Any, item: str) -> None:
+    """Record in ``changed`` the new value of ``obj``'s field ``path[0]`` (earlier changes in ``changed`` kept)."""
     names = {f.name for f in dataclasses.fields(obj)}
     head = path[0]
     if head not in names:
@@ -404,13 +409,14 @@ def _replace_path(obj: Any, path: list[str], value: Any, item: str) -> Any:
     if len(path) == 1:
         if dataclasses.is_dataclass(hints[head]):
             raise ConfigError(f"override {item!r} names a section; use section.key=value")
-        new = _coerce(value, hints[head], f"override {item!r}")
-    else:
-        child = getattr(obj, head)
-        if not dataclasses.is_dataclass(child):
-            raise ConfigError(f"override {item!r}: {head!r} is not a section")
-        new = _replace_path(child, path[1:], value, item)
-    return dataclasses.replace(obj, **{head: new})
+        changed[head] = _coerce(value, hints[head], f"override {item!r}")
+        return
+    child = changed.get(head, getattr(obj, head))
+    if not dataclasses.is_dataclass(child):
+        raise ConfigError(f"override {item!r}: {head!r} is not a section")
+    inner: dict[str, Any] = {}
+    _override(child, inner, path[1:], value, item)
+    changed[head] = dataclasses.replace(child, **inner)
 
 
 def load_toml(cls: type[T], path: str | Path) -> T:
