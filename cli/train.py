@@ -55,7 +55,8 @@ def train_cmd(
         epochs = ", ".join(str(m["best_epoch"]) for m in result.members)
         vals = ", ".join(f"{m['val']['avg']:.4f}" for m in result.members)
         typer.echo(f"ensemble of {len(result.members)}: selected epochs {epochs}; member val avg {vals}")
-        typer.echo(f"ensemble val avg {result.val['avg']:.4f}")
+        projected = f" (projected to {cfg.model.project_dim} dimensions)" if cfg.model.project_dim else ""
+        typer.echo(f"ensemble val avg {result.val['avg']:.4f}{projected}")
     else:
         typer.echo(
             f"selected epoch (validation mAP): {result.best_epoch} of {result.epochs_run}; "

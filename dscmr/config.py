@@ -117,6 +117,10 @@ class ModelConfig:
         hash_bits: Bits of the optional learned hash layer tanh(W u) on the common space (0 disables).
         center: Subtract a centre (the mean of the epoch's training-batch embeddings) before cosine ranking;
             it is saved with the selected weights and used for validation.
+        project_dim: Project the run's embedding (one network's ``common_dim`` or a seed ensemble's
+            ``ensemble * common_dim`` concatenation) onto its first ``project_dim`` principal axes, fitted after
+            training on the training rows of both modalities, so an index stores ``project_dim`` floats per item
+            (0 = no projection; :meth:`dscmr.models.DSCMREnsemble.fit_projection`).
     """
 
     img_hidden: tuple[int, ...] = (2048,)
@@ -125,6 +129,7 @@ class ModelConfig:
     dropout: float = 0.0
     hash_bits: int = 0
     center: bool = True
+    project_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -165,9 +170,6 @@ class TrainConfig:
         ensemble: Seed ensemble size N, 1 to 16: N>1 trains N members one after the other (member j with seed
             ``seed + 1000 * j``, each selecting its own epoch on validation) and saves them as one model whose
             embedding concatenates the members' L2-normalised embeddings (:mod:`dscmr.train.ensemble`); 1 = one model.
-        ensemble_dim: With ``ensemble > 1``: project the concatenated embedding (N * common_dim wide) onto its first
-            ``ensemble_dim`` principal axes, fitted on the training rows' embeddings of both modalities, so a bundle
-            stores ``ensemble_dim`` floats per item (0 keeps the concatenation).
     """
 
     epochs: int = 500
@@ -182,7 +184,6 @@ class TrainConfig:
     threads: int = 0
     checkpoint_every: int = 10
     ensemble: int = 1
-    ensemble_dim: int = 0
 
 
 @dataclass(frozen=True)
@@ -243,34 +244,34 @@ class Config:
             raise ConfigError(f"model.hash_bits must be a multiple of 8 (0 disables), got {self.model.hash_bits}")
         self._check_ensemble()
 
+    def trains_ensemble(self) -> bool:
+        """Whether a run trains member networks and saves them as one seed ensemble (:mod:`dscmr.train.ensemble`):
+        ``train.ensemble > 1``, or a projection (``model.project_dim > 0``), which a one-member ensemble carries."""
+        return self.train.ensemble > 1 or self.model.project_dim > 0
+
     def _check_ensemble(self) -> None:
-        """``train.ensemble`` is 1 to 16, and N > 1 only with what an ensemble supports."""
-        n = self.train.ensemble
+        """``train.ensemble`` is 1 to 16, ``model.project_dim`` fits it, and either only with what it supports."""
+        n, k = self.train.ensemble, self.model.project_dim
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 16:
             raise ConfigError(f"train.ensemble must be an integer from 1 to 16 (1 = one model), got {n!r}")
-        if n > 1 and (self.data.image_train_blocks or self.data.text_train_layers):
-            raise ConfigError(
-                "train.ensemble > 1 does not support trainable encoder tops yet; set data.image_train_blocks = 0 "
-                "and data.text_train_layers = 0, or train.ensemble = 1"
-            )
-        if n > 1 and self.model.hash_bits:
-            raise ConfigError(
-                "train.ensemble > 1 has no learned hash layer; set model.hash_bits = 0 (index the ensemble with "
-                "--binary sign or itq) or train.ensemble = 1"
-            )
-        self._check_ensemble_dim()
-
-    def _check_ensemble_dim(self) -> None:
-        """``train.ensemble_dim`` is 0, or 1 to N * common_dim with an ensemble of N > 1."""
-        k, n = self.train.ensemble_dim, self.train.ensemble
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ConfigError(f"train.ensemble_dim must be an integer >= 0 (0 = no projection), got {k!r}")
-        if k and n == 1:
-            raise ConfigError("train.ensemble_dim projects a seed ensemble; set train.ensemble > 1 or ensemble_dim = 0")
+            raise ConfigError(f"model.project_dim must be an integer >= 0 (0 = no projection), got {k!r}")
         if k > n * self.model.common_dim:
             raise ConfigError(
-                f"train.ensemble_dim {k} is wider than the ensemble's {n} x {self.model.common_dim} = "
-                f"{n * self.model.common_dim} dimensions; choose a smaller ensemble_dim"
+                f"model.project_dim {k} is wider than the embedding's {n} x {self.model.common_dim} = "
+                f"{n * self.model.common_dim} dimensions (train.ensemble x model.common_dim); choose a smaller one"
+            )
+        what = "train.ensemble > 1" if n > 1 else "model.project_dim > 0"
+        undo = "train.ensemble = 1" if n > 1 else "model.project_dim = 0"
+        if self.trains_ensemble() and (self.data.image_train_blocks or self.data.text_train_layers):
+            raise ConfigError(
+                f"{what} does not support trainable encoder tops yet; set data.image_train_blocks = 0 "
+                f"and data.text_train_layers = 0, or {undo}"
+            )
+        if self.trains_ensemble() and self.model.hash_bits:
+            raise ConfigError(
+                f"{what} has no learned hash layer; set model.hash_bits = 0 (index the run with "
+                f"--binary sign or itq) or {undo}"
             )
 
 
@@ -381,7 +382,7 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...] | None) -> T:
 
     Values are parsed as TOML (``1e-4``, ``true``, ``[1024, 512]``, ``"text"``); a bare word is a string. Every
     override is applied before the config's own cross-field checks run, so their order never matters:
-    ``train.ensemble=1`` then ``train.ensemble_dim=0`` gives the same config as the reverse.
+    ``model.common_dim=16`` then ``model.project_dim=64`` gives the same config as the reverse.
 
     Raises:
         ConfigError: For a malformed override, an unknown key, a wrong type, or a resulting config that fails its
@@ -396,7 +397,7 @@ def apply_overrides(cfg: T, overrides: list[str] | tuple[str, ...] | None) -> T:
         if not path:
             raise ConfigError(f"override {item!r} has an empty key")
         _override(cfg, changed, path, _parse_value(raw.strip()), item)
-    return dataclasses.replace(cfg, **changed) if changed else cfg
+    return typing.cast(T, dataclasses.replace(typing.cast(Any, cfg), **changed)) if changed else cfg
 
 
 def _override(obj: Any, changed: dict[str, Any], path: list[str], value: Any, item: str) -> None:
@@ -411,12 +412,12 @@ def _override(obj: Any, changed: dict[str, Any], path: list[str], value: Any, it
             raise ConfigError(f"override {item!r} names a section; use section.key=value")
         changed[head] = _coerce(value, hints[head], f"override {item!r}")
         return
-    child = changed.get(head, getattr(obj, head))
+    child: Any = changed.get(head, getattr(obj, head))
     if not dataclasses.is_dataclass(child):
         raise ConfigError(f"override {item!r}: {head!r} is not a section")
     inner: dict[str, Any] = {}
     _override(child, inner, path[1:], value, item)
-    changed[head] = dataclasses.replace(child, **inner)
+    changed[head] = dataclasses.replace(typing.cast(Any, child), **inner)
 
 
 def load_toml(cls: type[T], path: str | Path) -> T:

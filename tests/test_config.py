@@ -80,16 +80,14 @@ def test_validation_of_values() -> None:
 
 
 def test_override_order_never_matters_and_the_result_is_checked_once() -> None:
-    shipped = REPO / "configs" / "pascal_sentence_photos.toml"  # ensemble = 5, ensemble_dim = 128
-    one = ["train.ensemble=1", "train.ensemble_dim=0"]  # each alone would leave a projection without an ensemble
-    assert load_config(shipped, one) == load_config(shipped, one[::-1])
-    assert load_config(shipped, one).train.ensemble == 1
-    narrow = load_config(shipped, ["model.common_dim=16", "train.ensemble_dim=64", "model.common_dim=32"])
-    assert (narrow.model.common_dim, narrow.train.ensemble_dim) == (32, 64)  # the last value of a key wins
-    with pytest.raises(ConfigError, match="ensemble_dim projects a seed ensemble"):
-        load_config(shipped, ["train.ensemble=1"])  # the final config is still checked
-    with pytest.raises(ConfigError, match="wider than the ensemble's 5 x 16"):
-        load_config(shipped, ["model.common_dim=16", "train.lr=1e-3"])
+    shipped = REPO / "configs" / "pascal_sentence_photos.toml"  # ensemble = 5, common_dim = 1024, project_dim = 128
+    narrow = ["model.common_dim=16", "model.project_dim=64"]  # the first alone: 5 x 16 = 80 < 128
+    assert load_config(shipped, narrow) == load_config(shipped, narrow[::-1])
+    assert load_config(shipped, narrow).model.project_dim == 64
+    last = load_config(shipped, ["model.common_dim=16", "model.project_dim=64", "model.common_dim=32"])
+    assert (last.model.common_dim, last.model.project_dim) == (32, 64)  # the last value of a key wins
+    with pytest.raises(ConfigError, match="wider than the embedding's 5 x 16"):
+        load_config(shipped, ["model.common_dim=16", "train.lr=1e-3"])  # the final config is still checked
 
 
 def test_save_roundtrip(tmp_path: Path) -> None:

@@ -44,15 +44,26 @@ def _print_epoch(done: int, total: int, description: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse the options, join the process group (under torchrun), train, and print the result on rank 0."""
     args = _parser().parse_args(argv)
+    logger = logging.getLogger("dscmr")  # the library's messages on stderr (INFO and up; warnings with --json)
+    handler = None if logger.handlers else logging.StreamHandler()
+    level = logger.level
+    if handler is not None:
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.json_out else logging.INFO)
+    try:
+        return _train_and_print(args)
+    finally:  # called in-process too (tests): leave the logger as it was, not bound to this call's stderr
+        if handler is not None:
+            logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _train_and_print(args: argparse.Namespace) -> int:
     from dscmr.config import load_config
     from dscmr.train.distributed import destroy_process_group, init_process_group
     from dscmr.train.run_dir import config_for_run
     from dscmr.train.trainer import train
 
-    logger = logging.getLogger("dscmr")  # the library's messages on stderr (INFO and up; warnings with --json)
-    if not logger.handlers:
-        logger.addHandler(logging.StreamHandler())
-    logger.setLevel(logging.WARNING if args.json_out else logging.INFO)
     ctx = None
     try:
         ctx = init_process_group()

@@ -246,7 +246,8 @@ def launch_train(
         0 when every rank finished, else the exit code of the first rank that failed (rank 0 printed why).
 
     Raises:
-        UsageError: ``nproc`` is below 1, or the config asks for a seed ensemble (``train.ensemble > 1``).
+        UsageError: ``nproc`` is below 1, or the config asks for a seed ensemble (``train.ensemble > 1``) or a
+            projection (``model.project_dim > 0``).
         DscmrError: The config, the run folder or the data is wrong (as :func:`dscmr.train.train` would raise).
     """
     if nproc < 1:
@@ -256,9 +257,10 @@ def launch_train(
     from dscmr.train.run_dir import config_for_run
 
     cfg = config_for_run(load_config(config, list(overrides)), run_dir, overrides=list(overrides), resume=resume)
-    if cfg.train.ensemble > 1:
+    if cfg.trains_ensemble():
         raise UsageError(
-            "--ddp trains one model; train.ensemble > 1 trains its members one after the other, drop --ddp"
+            "--ddp trains one model; train.ensemble > 1 and model.project_dim > 0 train members one after the "
+            "other in one process, drop --ddp"
         )
     load_dataset(cfg.data, data_root)
     args = train_args(config, run_dir, data_root=data_root, overrides=overrides, resume=resume, json_out=json_out)

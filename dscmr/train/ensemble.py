@@ -10,9 +10,9 @@ like any run's.
 ``metrics.json`` keeps a plain run's keys, with the ensemble's val / test metrics; ``best_epoch`` and
 ``epochs_run`` are the largest over the members, ``train_seconds`` their sum and ``history`` is empty (each
 member's is in its own folder). ``ensemble`` adds ``size`` and ``members``: each member's seed, selected epoch,
-epochs run, seconds and val / test metrics. With ``train.ensemble_dim = K`` the saved model also holds the
+epochs run, seconds and val / test metrics. With ``model.project_dim = K`` the saved model also holds the
 projection onto the K principal axes of its training embeddings (:meth:`~dscmr.models.DSCMREnsemble.fit_projection`),
-and val / test are measured through it.
+and val / test are measured through it; ``train.ensemble = 1`` with a projection is a one-member ensemble.
 
 Resume (``--resume``): finished members are kept (their saved config must be this run's member config), a killed
 member resumes from its training state, the rest train afresh. A finished member's training state is deleted (it
@@ -59,7 +59,8 @@ def member_seed(seed: int, index: int) -> int:
 
 def member_config(cfg: Config, index: int) -> Config:
     """The plain-run config member ``index`` trains with: the run's, with the member's seed and no ensemble."""
-    return replace(cfg, train=replace(cfg.train, seed=member_seed(cfg.train.seed, index), ensemble=1, ensemble_dim=0))
+    train = replace(cfg.train, seed=member_seed(cfg.train.seed, index), ensemble=1)
+    return replace(cfg, train=train, model=replace(cfg.model, project_dim=0))
 
 
 def train_ensemble(
@@ -73,7 +74,8 @@ def train_ensemble(
     progress: Progress | bool | None = None,
     on_epoch_end: EpochCallback | None = None,
 ) -> TrainResult:
-    """Train the ``cfg.train.ensemble`` members, then evaluate and save them as one model (see the module doc).
+    """Train the ``cfg.train.ensemble`` members, then evaluate and save them as one model (see the module doc);
+    the trainer calls it when :meth:`~dscmr.config.Config.trains_ensemble`.
 
     Args:
         cfg: Resolved config (its data root already resolved, as :func:`dscmr.train.train` passes it).
@@ -87,7 +89,7 @@ def train_ensemble(
         on_epoch_end: Called with ``(epoch, record)`` after each member epoch; ``record["member"]`` is ``j``.
 
     Raises:
-        ConfigError: Under DDP (more than one process), or ``train.ensemble_dim`` wider than the training rows.
+        ConfigError: Under DDP (more than one process), or ``model.project_dim`` wider than the training rows.
         CheckpointError: ``resume`` without member folders, or a finished member trained with another config.
     """
     if ctx.active:
@@ -110,11 +112,11 @@ def train_ensemble(
 
 def _check_projection_rows(cfg: Config, ds: FeatureDataset) -> None:
     """Refuse, before any member trains, a projection wider than the training rows that would fit it."""
-    k, rows = cfg.train.ensemble_dim, 2 * min(len(ds.train), FIT_ROWS)  # images and texts, at most FIT_ROWS each
+    k, rows = cfg.model.project_dim, 2 * min(len(ds.train), FIT_ROWS)  # images and texts, at most FIT_ROWS each
     if k > rows:
         raise ConfigError(
-            f"train.ensemble_dim {k} needs at least {k} training rows to fit its axes, and this training split gives "
-            f"{rows} (images plus texts); lower train.ensemble_dim"
+            f"model.project_dim {k} needs at least {k} training rows to fit its axes, and this training split gives "
+            f"{rows} (images plus texts); lower model.project_dim"
         )
 
 
@@ -170,11 +172,11 @@ def _check_member_config(folder: RunDir, mcfg: Config, index: int) -> None:
 
 
 def _finish(cfg: Config, ds: FeatureDataset, run: RunDir, members: list[dict[str, Any]]) -> TrainResult:
-    """Load the members as one ensemble (fitting its projection on train, ``train.ensemble_dim``), evaluate it on
+    """Load the members as one ensemble (fitting its projection on train, ``model.project_dim``), evaluate it on
     val and test, write the model and the metrics."""
-    model = DSCMREnsemble([_member_model(run.member(j)) for j in range(len(members))], dim=cfg.train.ensemble_dim)
+    model = DSCMREnsemble([_member_model(run.member(j)) for j in range(len(members))], dim=cfg.model.project_dim)
     model.eval()
-    if cfg.train.ensemble_dim:
+    if cfg.model.project_dim:
         model.fit_projection(torch.as_tensor(ds.train.img), torch.as_tensor(ds.train.txt))
     k, chunk = cfg.eval.k, cfg.eval.chunk_size
     val = evaluate_split(model, ds.val, k=k, chunk_size=chunk)

@@ -110,14 +110,14 @@ def train(
 
     Under ``torchrun`` (an initialised process group) every rank calls this: each runs its part of every batch,
     rank 0 alone validates, reports and writes, and every rank returns rank 0's result
-    (:mod:`dscmr.train.distributed`). With ``train.ensemble > 1`` it trains a seed ensemble instead
-    (:func:`dscmr.train.ensemble.train_ensemble`; one process only).
+    (:mod:`dscmr.train.distributed`). With ``train.ensemble > 1`` or ``model.project_dim > 0`` it trains a seed
+    ensemble instead (:func:`dscmr.train.ensemble.train_ensemble`; one process only).
     """
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     cfg, ds = _load_data(cfg, dataset, data_root)
     ctx = context()  # under torchrun, one rank of a DDP job: only rank 0 reports and writes
-    if cfg.train.ensemble > 1:
+    if cfg.trains_ensemble():
 
         def one(mcfg: Config, folder: Path, again: bool, report: Progress, hook: EpochCallback | None) -> TrainResult:
             return _train_one(mcfg, ds, folder, ctx, resume=again, progress=report, on_epoch_end=hook)

@@ -161,7 +161,7 @@ def test_a_projected_seed_ensemble_exports_with_its_projection(onnx_cache, tmp_p
     cfg = demo_config(dataset="shapes", quick=True, cache_dir=str(onnx_cache), threads=1)
     folder = builtin_folder("shapes", onnx_cache, n=100)
     cfg = replace(cfg, data=replace(cfg.data, format="folder", root=str(folder)))
-    cfg = replace(cfg, train=replace(cfg.train, epochs=3, ensemble=2, ensemble_dim=8))
+    cfg = replace(cfg, train=replace(cfg.train, epochs=3, ensemble=2), model=replace(cfg.model, project_dim=8))
     train(cfg, tmp_path / "run", progress=False)
     res = runner.invoke(app, ["export", "onnx", str(tmp_path / "run"), "--out", str(tmp_path / "x"), "--json"])
     assert res.exit_code == 0, res.output

@@ -52,8 +52,8 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     out = {"config": cfg_path, "plain0": tmp / "run"}
     train(load_config(cfg_path, ["train.seed=1000"]), tmp / "plain1000", progress=False)
     train(load_config(cfg_path, ["train.ensemble=2"]), tmp / "ens", progress=False)
-    train(load_config(cfg_path, ["train.ensemble=2", "train.ensemble_dim=8"]), tmp / "proj", progress=False)
-    train(load_config(cfg_path, ["train.ensemble=2", "train.ensemble_dim=32"]), tmp / "proj32", progress=False)
+    train(load_config(cfg_path, ["train.ensemble=2", "model.project_dim=8"]), tmp / "proj", progress=False)
+    train(load_config(cfg_path, ["train.ensemble=2", "model.project_dim=32"]), tmp / "proj32", progress=False)
     out.update(plain1000=tmp / "plain1000", ens=tmp / "ens", proj=tmp / "proj", proj32=tmp / "proj32")
     return out
 
@@ -174,6 +174,28 @@ def test_projected_ensemble_ranks_by_its_principal_axes(runs):
     assert ev.exit_code == 0 and json.loads(ev.stdout)["avg"] == pytest.approx(_metrics(runs["proj"])["test"]["avg"])
 
 
+def test_one_network_with_a_projection_is_a_projected_one_member_ensemble(runs, tmp_path):
+    cfg = load_config(runs["config"], ["model.project_dim=8"])
+    result = train(cfg, tmp_path / "one", progress=False)
+    assert [m["seed"] for m in result.members] == [0]
+    member = tmp_path / "one" / "members" / "0"
+    assert _sha(member / "model.safetensors") == _sha(runs["plain0"] / "model.safetensors")  # the plain run
+    model = load_run(tmp_path / "one").model
+    assert isinstance(model, DSCMREnsemble) and model.embed_dim == 8 and model.spec.size == 1
+    ds = load_dataset(cfg.data)
+    plain = load_run(runs["plain0"]).model
+    joined = torch.nn.functional.normalize(torch.cat(encode_split(plain, ds.train)), dim=1).double().numpy()
+    _, _, vt = np.linalg.svd(joined - joined.mean(axis=0), full_matrices=False)
+    u, v = (
+        torch.nn.functional.normalize(x, dim=1).double() @ torch.from_numpy(vt[:8].T)
+        for x in encode_split(plain, ds.test)
+    )
+    expected = torch.nn.functional.normalize(u, dim=1) @ torch.nn.functional.normalize(v, dim=1).T
+    pu, pv = encode_split(model, ds.test)
+    torch.testing.assert_close((pu @ pv.T).double(), expected, atol=1e-4, rtol=0)
+    assert _metrics(tmp_path / "one")["test"]["avg"] == pytest.approx(cross_modal_map(pu, pv, ds.test.labels)["avg"])
+
+
 def test_a_full_width_projection_keeps_every_cosine(runs):
     ds = load_dataset(load_config(runs["config"]).data)
     u, v = encode_split(load_run(runs["ens"]).model, ds.test)
@@ -212,7 +234,7 @@ def test_projection_misuse_is_refused():
 
 def test_a_projection_wider_than_the_training_rows_is_refused_before_training(tmp_path, tiny_config):
     cfg = load_config(
-        tiny_config, ["model.common_dim=32", "train.ensemble=16", "train.ensemble_dim=321"]
+        tiny_config, ["model.common_dim=32", "train.ensemble=16", "model.project_dim=321"]
     )  # 160 train pairs: 320 rows
     with pytest.raises(ConfigError, match="needs at least 321 training rows.*gives 320"):
         train(cfg, tmp_path / "r", progress=False)
@@ -222,12 +244,14 @@ def test_a_projection_wider_than_the_training_rows_is_refused_before_training(tm
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["train.ensemble_dim=4"], "train.ensemble_dim projects a seed ensemble"),
-        (["train.ensemble=2", "train.ensemble_dim=33"], "wider than the ensemble's 2 x 16 = 32 dimensions"),
-        (["train.ensemble=2", "train.ensemble_dim=-1"], "must be an integer >= 0"),
+        (["model.project_dim=17"], "wider than the embedding's 1 x 16 = 16 dimensions"),
+        (["train.ensemble=2", "model.project_dim=33"], "wider than the embedding's 2 x 16 = 32 dimensions"),
+        (["train.ensemble=2", "model.project_dim=-1"], "must be an integer >= 0"),
+        (["model.project_dim=4", "model.hash_bits=16"], "model.project_dim > 0 has no learned hash layer"),
+        (["model.project_dim=4", "data.text_train_layers=1"], "model.project_dim > 0 does not support trainable"),
     ],
 )
-def test_bad_ensemble_dims_are_one_line(tmp_path, tiny_config, overrides, match):
+def test_bad_projections_are_one_line(tmp_path, tiny_config, overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(tiny_config, overrides)
     args = ["train", "--config", str(tiny_config), "--out", str(tmp_path / "r")]
