@@ -47,6 +47,9 @@ class DataConfig:
         num_classes: Expected number of classes; 0 infers it from the labels.
         val_fraction: Fraction of the training split carved out (stratified) for validation.
         val_seed: Seed of the validation split.
+        val_as_test: Folder datasets without test records: hold the ``val`` records out as the test split and
+            carve validation out of train (``val_fraction``, whole images), so the reported test mAP comes from
+            images that no choice (epoch, early stopping) has seen.
         standardize: Standardise each feature with the training split's mean and std (stored in the model).
         skip_bad: Folder datasets: drop bad records (with a count) instead of failing.
         image_size: Folder datasets: input size of the image encoder (0 = the backbone's own: 224 for
@@ -88,6 +91,7 @@ class DataConfig:
     num_classes: int = 0
     val_fraction: float = 0.1
     val_seed: int = 0
+    val_as_test: bool = False
     standardize: bool = False
     skip_bad: bool = False
     image_size: int = 0

@@ -17,6 +17,7 @@ validation split, one is carved from the training split (stratified, seeded).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -189,9 +190,18 @@ def _make_split(
 # Validation split
 
 
-def carve_validation(train: Split, *, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Split ``train`` into (train, val), stratified by each row's first label, reproducibly by ``seed``."""
-    n = len(train)
+def carve_validation(
+    train: Split, *, fraction: float, seed: int, groups: Sequence[str] | None = None
+) -> tuple[Split, Split]:
+    """Split ``train`` into (train, val), stratified by the first label, reproducibly by ``seed``.
+
+    With ``groups`` (one key per row, e.g. the image of each caption record), whole groups go to one side, so an
+    image with several captions never lands in both; with one row per group this is the row-wise split.
+    """
+    keys = list(groups) if groups is not None else list(range(len(train)))
+    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # each group's first row
+    order = sorted(first.values())  # groups in order of first appearance
+    n = len(order)
     if fraction <= 0 or n < 2:
         empty = train.subset(np.zeros(0, dtype=np.int64))
         return train, empty
@@ -199,12 +209,42 @@ def carve_validation(train: Split, *, fraction: float, seed: int) -> tuple[Split
 
     idx = np.arange(n)
     n_val = max(1, int(round(n * fraction)))
-    strat = primary_class(train.labels)
+    strat = primary_class(train.labels[order])
     try:
         tr_idx, va_idx = train_test_split(idx, test_size=n_val, random_state=seed, stratify=strat)
     except ValueError:  # a class with a single sample cannot be stratified
         tr_idx, va_idx = train_test_split(idx, test_size=n_val, random_state=seed, stratify=None)
-    return train.subset(np.sort(tr_idx)), train.subset(np.sort(va_idx))
+    in_val = {keys[order[i]] for i in va_idx}
+    val_rows = np.array([k in in_val for k in keys])
+    return train.subset(np.flatnonzero(~val_rows)), train.subset(np.flatnonzero(val_rows))
+
+
+def record_splits(parts: dict[str, Split], cfg: DataConfig, *, source: str) -> tuple[Split, Split, Split]:
+    """Train, val and test of a dataset whose rows are records with ``split`` fields (folders, features folders).
+
+    ``data.val_as_test`` holds the val records out as the test split. A missing val split is carved out of train
+    by whole images (``img_items``), so an image's captions never straddle train and val.
+
+    Raises:
+        DataError: No train record, neither val nor test records, or ``val_as_test`` with test records or no val.
+    """
+    n = {name: len(parts[name]) for name in SPLITS}
+    if n["train"] == 0 or n["test"] + n["val"] == 0:
+        raise DataError(
+            f"{source}: needs at least one train record and one val or test record (found {n['train']} train, "
+            f"{n['val']} val, {n['test']} test); add 'split' fields"
+        )
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    if cfg.val_as_test:
+        if n["test"] or not n["val"]:
+            raise DataError(
+                f"{source}: data.val_as_test holds the val records out as the test split, so it needs val records "
+                f"and no test records (found {n['val']} val, {n['test']} test); set data.val_as_test = false"
+            )
+        val, test = test, val  # val is now empty: carved from train below
+    if len(val) == 0:
+        train, val = carve_validation(train, fraction=cfg.val_fraction, seed=cfg.val_seed, groups=train.img_items)
+    return train, val, test
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from dscmr.config import DataConfig
-from dscmr.data.feature_files import SPLITS, FeatureDataset, Split, _make_split, carve_validation
+from dscmr.data.feature_files import SPLITS, FeatureDataset, Split, _make_split, record_splits
 from dscmr.errors import DataError
 from dscmr.utils.io import atomic_write_json, atomic_write_text, atomic_write_with, file_sha256
 
@@ -393,9 +393,5 @@ def load_features_dir(root: Path, cfg: DataConfig) -> FeatureDataset:
             img_items=tuple(str(images[i]) for i in img_rows[rows]),
             txt_items=tuple(str(texts[i]) for i in txt_rows[rows]),
         )
-    if len(parts["train"]) == 0 or len(parts["test"]) + len(parts["val"]) == 0:
-        raise DataError(f"{source}: needs at least one train record and one val or test record")
-    train, val = parts["train"], parts["val"]
-    if len(val) == 0:
-        train, val = carve_validation(train, fraction=cfg.val_fraction, seed=cfg.val_seed)
-    return FeatureDataset(train, val, parts["test"], len(manifest.class_names), manifest.class_names, str(root))
+    train, val, test = record_splits(parts, cfg, source=str(source))
+    return FeatureDataset(train, val, test, len(manifest.class_names), manifest.class_names, str(root))

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from dscmr.config import DataConfig
-from dscmr.data.feature_files import SPLITS, FeatureDataset, Split, _make_split, carve_validation
+from dscmr.data.feature_files import SPLITS, FeatureDataset, Split, _make_split, record_splits
 from dscmr.data.views import load_views
 from dscmr.errors import DataError
 from dscmr.utils.progress import Progress
@@ -475,12 +475,4 @@ def _splits(
             img_items=tuple(str(records[i].path.resolve()) for i in rows),
             txt_items=tuple(records[i].text for i in rows),
         )
-    if len(parts["train"]) == 0 or len(parts["test"]) + len(parts["val"]) == 0:
-        raise DataError(
-            f"{captions}: needs at least one train record and one val or test record (found "
-            f"{len(parts['train'])} train, {len(parts['val'])} val, {len(parts['test'])} test); add 'split' fields"
-        )
-    train, val = parts["train"], parts["val"]
-    if len(val) == 0:
-        train, val = carve_validation(train, fraction=cfg.val_fraction, seed=cfg.val_seed)
-    return train, val, parts["test"]
+    return record_splits(parts, cfg, source=str(captions))

@@ -176,3 +176,18 @@ def test_validation_split_is_stratified_and_seeded():
     counts = va1.labels.sum(0)
     expected = sp.labels.sum(0) * 0.1
     assert np.all(np.abs(counts - expected) <= 1)
+
+
+def test_validation_by_groups_keeps_groups_whole_and_one_row_groups_split_as_rows():
+    img, txt, lab = make_clustered_features(200, 4, seed=3)
+    sp = Split(img, txt, np.eye(4, dtype=np.float32)[lab])
+    by_rows = carve_validation(sp, fraction=0.1, seed=7)
+    by_singletons = carve_validation(sp, fraction=0.1, seed=7, groups=[f"row{i}" for i in range(200)])
+    for a, b in zip(by_rows, by_singletons, strict=True):  # one row per group: the row-wise split, unchanged
+        np.testing.assert_array_equal(a.img, b.img)
+    groups = [f"image{i // 4}" for i in range(200)]  # 50 groups of 4 consecutive rows
+    tr, va = carve_validation(sp, fraction=0.1, seed=7, groups=groups)
+    row_of = {tuple(r): i for i, r in enumerate(img)}
+    val_groups = {groups[row_of[tuple(r)]] for r in va.img}
+    train_groups = {groups[row_of[tuple(r)]] for r in tr.img}
+    assert len(val_groups) == 5 and len(va) == 20 and not val_groups & train_groups

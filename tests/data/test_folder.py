@@ -134,3 +134,47 @@ def test_missing_folder_or_captions(tmp_path):
     (tmp_path / "empty" / "captions.csv").write_text("image,caption\nx.png,hi\n")
     with pytest.raises(DataError, match="lacks column"):
         load_folder(tmp_path / "empty", _cfg(tmp_path, "empty"))
+
+
+def _many_captions(split_of) -> tuple[list[dict], dict[str, int]]:
+    """24 images with three captions each; ``split_of(i)`` gives image i's split."""
+    images = {f"images/im{i:02d}.png": i for i in range(24)}
+    colours = ["red", "blue", "green"]
+    records = [
+        {"image": f"images/im{i:02d}.png", "text": f"caption {j} of picture {i}", "labels": [colours[i % 3]],
+         "split": split_of(i)}
+        for i in range(24)
+        for j in range(3)
+    ]  # fmt: skip
+    return records, images
+
+
+def _images(split) -> set[str]:
+    return set(split.img_items)
+
+
+def test_a_carved_validation_split_never_shares_an_image_with_train(tmp_path):
+    records, images = _many_captions(lambda i: "test" if i < 6 else "train")
+    root = write_folder(tmp_path / "ds", records, images=images)
+    ds = load_dataset(_cfg(tmp_path, root, val_fraction=0.25))
+    assert len(_images(ds.val)) == 4 and len(ds.val) == 12  # round(0.25 * 18) whole images, 3 captions each
+    assert not _images(ds.train) & _images(ds.val)  # row-wise carving put captions of one image on both sides
+    assert len(ds.train) + len(ds.val) == 54
+
+
+def test_val_as_test_holds_the_val_images_out_and_carves_validation_from_train(tmp_path):
+    records, images = _many_captions(lambda i: "val" if i < 6 else "train")
+    root = write_folder(tmp_path / "ds", records, images=images)
+    plain = load_dataset(_cfg(tmp_path, root))
+    held = load_dataset(_cfg(tmp_path, root, val_as_test=True, val_fraction=0.25))
+    assert _images(held.test) == _images(plain.val) and len(held.test) == 18
+    np.testing.assert_array_equal(held.test.img, plain.val.img)
+    assert len(_images(held.val)) == 4 and not _images(held.val) & _images(held.train)
+    assert _images(held.train) | _images(held.val) == _images(plain.train)
+
+
+def test_val_as_test_with_test_records_is_one_error(tmp_path):
+    records, images = small_records()  # has train, val and test records
+    root = write_folder(tmp_path / "ds", records, images=images)
+    with pytest.raises(DataError, match="val_as_test holds the val records out.*found 4 val, 4 test"):
+        load_dataset(_cfg(tmp_path, root, val_as_test=True))
