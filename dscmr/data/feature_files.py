@@ -412,6 +412,11 @@ def load_dataset(cfg: DataConfig, data_root: str | Path | None = None) -> Featur
     root = resolve_data_root(cfg, data_root)
     fmt = cfg.format
     if fmt in FEATURE_FORMATS:
+        if cfg.val_as_test:
+            raise DataError(
+                f"data.val_as_test works on folder datasets (records with a split), not data.format = {fmt!r}; "
+                "set data.val_as_test = false"
+            )
         if not root.exists():
             raise DataError(f"data not found at {root}; pass --data-root, set DSCMR_DATA or fix data.root")
         return FEATURE_FORMATS[fmt](root, cfg)

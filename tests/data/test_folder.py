@@ -178,3 +178,5 @@ def test_val_as_test_with_test_records_is_one_error(tmp_path):
     root = write_folder(tmp_path / "ds", records, images=images)
     with pytest.raises(DataError, match="val_as_test holds the val records out.*found 4 val, 4 test"):
         load_dataset(_cfg(tmp_path, root, val_as_test=True))
+    with pytest.raises(DataError, match="val_as_test works on folder datasets.*'npz'"):
+        load_dataset(DataConfig(format="npz", root=str(tmp_path / "x.npz"), val_as_test=True))
