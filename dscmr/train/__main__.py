@@ -64,13 +64,14 @@ def _train_and_print(args: argparse.Namespace) -> int:
     from dscmr.train.run_dir import config_for_run
     from dscmr.train.trainer import train
 
-    ctx = None
+    ctx, finished = None, False
     try:
         ctx = init_process_group()
         overrides = list(args.overrides) + ([f"train.seed={args.seed}"] if args.seed is not None else [])
         cfg = config_for_run(load_config(args.config, overrides), args.out, overrides=overrides, resume=args.resume)
         progress = _print_epoch if ctx.is_main and not args.json_out else False
         result = train(cfg, args.out, data_root=args.data_root, resume=args.resume, progress=progress)
+        finished = True
     except DscmrError as exc:
         if ctx is None or ctx.is_main:
             sys.stderr.write(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n")
@@ -78,7 +79,7 @@ def _train_and_print(args: argparse.Namespace) -> int:
             time.sleep(_QUIET_EXIT_DELAY_S)  # the launcher stops every rank at the first exit: let rank 0 say why
         return EXIT_USER_ERROR
     finally:
-        destroy_process_group()
+        destroy_process_group(wait_for_all=finished)
     if ctx is not None and ctx.is_main:
         summary = result.summary()
         if args.json_out:

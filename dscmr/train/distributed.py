@@ -22,6 +22,7 @@ asks :func:`context` whether it runs distributed. How a step equals the single-p
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -86,9 +87,19 @@ def init_process_group(*, timeout_s: float = 1800.0) -> DistContext:
     return context()
 
 
-def destroy_process_group() -> None:
-    """Leave the process group, if one was joined."""
+def destroy_process_group(*, wait_for_all: bool = False) -> None:
+    """Leave the process group, if one was joined.
+
+    Garbage is collected first, so a finished run's DDP reducer and any gloo work it holds are freed while the
+    interpreter is whole: freed later, during interpreter shutdown, they aborted a rank now and then ("terminate
+    called without an active exception", exit 250) after a successful run. With ``wait_for_all`` (a run that
+    finished on every rank) the ranks also meet at a barrier, so none tears down the group while another still
+    uses it. A failing run skips the barrier: its peers may never reach it.
+    """
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 
