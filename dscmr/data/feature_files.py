@@ -199,8 +199,10 @@ def carve_validation(
     image with several captions never lands in both; with one row per group this is the row-wise split.
     """
     keys = list(groups) if groups is not None else list(range(len(train)))
-    first = {k: i for i, k in reversed(list(enumerate(keys)))}  # each group's first row
-    order = sorted(first.values())  # groups in order of first appearance
+    first: dict[object, int] = {}
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    order = list(first.values())  # each group's first row, groups in order of first appearance
     n = len(order)
     if fraction <= 0 or n < 2:
         empty = train.subset(np.zeros(0, dtype=np.int64))

@@ -167,9 +167,11 @@ class DSCMREnsemble(nn.Module):
         if self.projection is None:
             raise ValueError("this ensemble has no projection (dim = 0)")
         k = self.projection.shape[1]
+        if fit_rows(len(img), len(txt)) < k:
+            raise ValueError(
+                f"a {k}-wide projection needs at least {k} training rows, got {fit_rows(len(img), len(txt))}"
+            )
         img, txt = _evenly(img, FIT_ROWS), _evenly(txt, FIT_ROWS)
-        if len(img) + len(txt) < k:
-            raise ValueError(f"a {k}-wide projection needs at least {k} training rows, got {len(img) + len(txt)}")
         members = self._member_models()
         joined = torch.cat(
             [self._join([m.encode_image(img) for m in members]), self._join([m.encode_text(txt) for m in members])]
@@ -180,6 +182,11 @@ class DSCMREnsemble(nn.Module):
     def hash_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Always raises: an ensemble has no learned hash layer (as a DSCMR model with ``hash_bits = 0``)."""
         raise RuntimeError("this model has no hash layer (a seed ensemble; model.hash_bits = 0)")
+
+
+def fit_rows(n_img: int, n_txt: int) -> int:
+    """How many rows :meth:`DSCMREnsemble.fit_projection` fits on, given ``n_img`` image and ``n_txt`` text rows."""
+    return min(n_img, FIT_ROWS) + min(n_txt, FIT_ROWS)
 
 
 def _evenly(x: torch.Tensor, limit: int) -> torch.Tensor:

@@ -35,7 +35,7 @@ from dscmr.config import Config, to_dict
 from dscmr.data import FeatureDataset
 from dscmr.errors import CheckpointError, ConfigError
 from dscmr.models import DSCMR, DSCMREnsemble
-from dscmr.models.ensemble import FIT_ROWS
+from dscmr.models.ensemble import fit_rows
 from dscmr.train.checkpoint import load_run, model_meta, save_model
 from dscmr.train.distributed import DistContext
 from dscmr.train.evaluate import evaluate_split
@@ -112,7 +112,7 @@ def train_ensemble(
 
 def _check_projection_rows(cfg: Config, ds: FeatureDataset) -> None:
     """Refuse, before any member trains, a projection wider than the training rows that would fit it."""
-    k, rows = cfg.model.project_dim, 2 * min(len(ds.train), FIT_ROWS)  # images and texts, at most FIT_ROWS each
+    k, rows = cfg.model.project_dim, fit_rows(len(ds.train.img), len(ds.train.txt))
     if k > rows:
         raise ConfigError(
             f"model.project_dim {k} needs at least {k} training rows to fit its axes, and this training split gives "

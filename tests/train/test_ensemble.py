@@ -145,15 +145,18 @@ def test_saved_ensemble_evaluates_indexes_and_searches(runs, tmp_path):
     assert res.exit_code == 2 and res.output.count("\n") == 1 and "no hash layer" in res.output
 
 
-def _principal_cosines(runs: dict[str, Path], split: str, k: int) -> torch.Tensor:
-    """Image-text cosines of ``split`` after projecting the unprojected ensemble onto the first k principal axes of
-    its train embeddings (numpy SVD, computed here independently of the model's own fit)."""
-    ds = load_dataset(load_config(runs["config"]).data)
-    ens = load_run(runs["ens"]).model
-    joined = torch.cat(encode_split(ens, ds.train)).double().numpy()
+def _principal_cosines(model, ds, split: str, k: int) -> torch.Tensor:
+    """Image-text cosines of ``split`` after projecting ``model``'s L2-normalised embeddings onto the first k
+    principal axes of its train embeddings (numpy SVD, computed here independently of the model's own fit)."""
+
+    def unit(split_rows) -> tuple[torch.Tensor, torch.Tensor]:
+        u, v = encode_split(model, split_rows)
+        return torch.nn.functional.normalize(u, dim=1).double(), torch.nn.functional.normalize(v, dim=1).double()
+
+    joined = torch.cat(unit(ds.train)).numpy()
     _, _, vt = np.linalg.svd(joined - joined.mean(axis=0), full_matrices=False)
-    u, v = (torch.from_numpy(x.double().numpy() @ vt[:k].T) for x in encode_split(ens, getattr(ds, split)))
-    return torch.nn.functional.normalize(u, dim=1) @ torch.nn.functional.normalize(v, dim=1).T
+    u, v = (torch.nn.functional.normalize(x @ torch.from_numpy(vt[:k].T), dim=1) for x in unit(getattr(ds, split)))
+    return u @ v.T
 
 
 def test_projected_ensemble_ranks_by_its_principal_axes(runs):
@@ -167,7 +170,8 @@ def test_projected_ensemble_ranks_by_its_principal_axes(runs):
     u, v = encode_split(proj.model, ds.test)
     assert u.shape == (len(ds.test), 8)
     torch.testing.assert_close(u.norm(dim=1), torch.ones(len(u)), atol=1e-6, rtol=0)
-    expected = _principal_cosines(runs, "test", 8)  # the same members (same seeds): only the projection differs
+    ens = load_run(runs["ens"]).model  # the same members (same seeds): only the projection differs
+    expected = _principal_cosines(ens, ds, "test", 8)
     torch.testing.assert_close((u @ v.T).double(), expected, atol=1e-4, rtol=0)
     assert _metrics(runs["proj"])["test"]["avg"] == pytest.approx(cross_modal_map(u, v, ds.test.labels)["avg"])
     ev = runner.invoke(app, ["eval", str(runs["proj"]), "--json"])
@@ -183,14 +187,7 @@ def test_one_network_with_a_projection_is_a_projected_one_member_ensemble(runs, 
     model = load_run(tmp_path / "one").model
     assert isinstance(model, DSCMREnsemble) and model.embed_dim == 8 and model.spec.size == 1
     ds = load_dataset(cfg.data)
-    plain = load_run(runs["plain0"]).model
-    joined = torch.nn.functional.normalize(torch.cat(encode_split(plain, ds.train)), dim=1).double().numpy()
-    _, _, vt = np.linalg.svd(joined - joined.mean(axis=0), full_matrices=False)
-    u, v = (
-        torch.nn.functional.normalize(x, dim=1).double() @ torch.from_numpy(vt[:8].T)
-        for x in encode_split(plain, ds.test)
-    )
-    expected = torch.nn.functional.normalize(u, dim=1) @ torch.nn.functional.normalize(v, dim=1).T
+    expected = _principal_cosines(load_run(runs["plain0"]).model, ds, "test", 8)
     pu, pv = encode_split(model, ds.test)
     torch.testing.assert_close((pu @ pv.T).double(), expected, atol=1e-4, rtol=0)
     assert _metrics(tmp_path / "one")["test"]["avg"] == pytest.approx(cross_modal_map(pu, pv, ds.test.labels)["avg"])
@@ -214,7 +211,7 @@ def test_projected_ensemble_indexes_and_searches(runs, tmp_path):
     assert res.exit_code == 0, res.output
     ds = load_dataset(load_config(runs["config"]).data)
     row = list(ds.test.txt_items).index("190")
-    top = int(_principal_cosines(runs, "test", 8)[:, row].argmax())
+    top = int(_principal_cosines(load_run(runs["ens"]).model, ds, "test", 8)[:, row].argmax())
     assert json.loads(res.stdout)["hits"][0]["item"] == ds.test.img_items[top]
 
 
