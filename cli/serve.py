@@ -36,6 +36,9 @@ def serve_cmd(
     max_k: int = typer.Option(1000, "--max-k", help="Largest k a request may ask for."),
     engine: str | None = typer.Option(None, "--engine", help=ENGINE_HELP),
     threads: int = typer.Option(1, "--threads", help="torch / FAISS threads per request (requests run in parallel)."),
+    max_encodes: int = typer.Option(
+        0, "--max-encodes", help="Text / image queries encoded at once; the rest wait (0: cores / --threads)."
+    ),
     verify: bool = typer.Option(False, "--verify", help="Check every bundle file's SHA-256 at each load and reload."),
 ) -> None:
     """Serve search over HTTP: a page at / and a JSON API at /api/v1 (docs at /docs)."""
@@ -50,7 +53,7 @@ def serve_cmd(
 
     limits = Limits(max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_k=max_k)
     serve(run_with_engine(run, engine), list(index), host=host, port=port, token=token, limits=limits,
-          threads=threads, verify=verify, say=typer.echo)  # fmt: skip
+          threads=threads, max_encodes=max_encodes, verify=verify, say=typer.echo)  # fmt: skip
 
 
 @cli_errors

@@ -331,6 +331,7 @@ def _add_page_routes(app: FastAPI, state: ServeState, limits: Limits) -> None:
             "metrics": list(METRICS),
             "query_kinds": ["text", "texts", "image", "id"] if state.raw else ["id"],
             "limits": limits.to_dict(),
+            "encode_slots": state.encode_slots,
         }
 
 

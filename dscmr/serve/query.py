@@ -62,22 +62,21 @@ def check_query(q: Query, limits: Limits) -> None:
 
 
 def _encode(state: ServeState, lb: LoadedBundle, q: Query) -> Any:
-    """Query model inputs -> raw common-space embeddings ``(nq, D)``."""
+    """Query model inputs -> raw common-space embeddings ``(nq, D)``; texts and images on the encoder threads."""
     r = lb.retriever
-    if q.id is not None:
-        feats = query_features(state.run, r.query_modality, query_ids=[q.id], dataset=lb.dataset())
-    elif q.texts is not None:
-        feats = query_features(state.run, "text", texts=q.texts)
-    else:
-        assert q.image is not None
-        fd, path = tempfile.mkstemp(prefix="dscmr-query-", suffix=".img")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(q.image)
-            feats = query_features(state.run, "image", image_paths=[path])
-        finally:
-            os.unlink(path)
-    return r.embed(feats)
+    if q.id is not None:  # a row of the dataset: no encoder runs
+        return r.embed(query_features(state.run, r.query_modality, query_ids=[q.id], dataset=lb.dataset()))
+    if q.texts is not None:
+        texts = q.texts
+        return state.encode(lambda: r.embed(query_features(state.run, "text", texts=texts)))
+    assert q.image is not None
+    fd, path = tempfile.mkstemp(prefix="dscmr-query-", suffix=".img")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(q.image)
+        return state.encode(lambda: r.embed(query_features(state.run, "image", image_paths=[path])))
+    finally:
+        os.unlink(path)
 
 
 def _describe(lb: LoadedBundle, hit: Hit, query_labels: tuple[int, ...] | None) -> dict[str, Any]:

@@ -62,20 +62,24 @@ def serve(
     token: str | None = None,
     limits: Limits | None = None,
     threads: int = 1,
+    max_encodes: int = 0,
     verify: bool = False,
     say: Callable[[str], None] = lambda s: None,
 ) -> None:
     """Load ``run`` and ``bundles`` and serve them until interrupted (see :mod:`dscmr.serve.app`).
 
     ``threads`` is the torch and FAISS (OpenMP) thread count of one request: requests run in parallel on a
-    thread pool, so 1 avoids oversubscribing the cores. ``verify`` checks every bundle file's SHA-256 at each
-    load and reload.
+    thread pool, so 1 avoids oversubscribing the cores. ``max_encodes`` caps the text and image queries that run
+    through the encoders at once (0: one per ``threads`` cores); the others wait their turn. ``verify`` checks
+    every bundle file's SHA-256 at each load and reload.
     """
     check_bind(host, token)
     if not 0 < port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {port}")
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
+    if max_encodes < 0:
+        raise UsageError(f"--max-encodes must be 0 (one per core) or more, got {max_encodes}")
     check_port(host, port)
     import faiss
     import torch
@@ -85,9 +89,9 @@ def serve(
     faiss.omp_set_num_threads(threads)
 
     from dscmr.serve.app import create_app
-    from dscmr.serve.state import ServeState
+    from dscmr.serve.state import ServeState, default_encode_slots
 
-    state = ServeState(run, bundles, verify=verify)
+    state = ServeState(run, bundles, verify=verify, encode_slots=max_encodes or default_encode_slots(threads))
     say(
         f"loaded {len(state.names)} bundle(s): "
         + ", ".join(f"{b.name} ({b.retriever.bundle.count} {b.modality}s)" for b in state.all())

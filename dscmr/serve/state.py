@@ -18,10 +18,11 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TypeVar
 
 from dscmr.errors import DscmrError, QueryError, UsageError
 from dscmr.indexing.bundle import MANIFEST
@@ -30,6 +31,8 @@ from dscmr.indexing.retriever import Retriever
 from dscmr.train import LoadedRun
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class UnknownBundleError(QueryError):
@@ -166,18 +169,35 @@ class LoadedBundle:
         }
 
 
+def default_encode_slots(threads: int = 1) -> int:
+    """How many query encodings may run at once by default: one per ``threads`` cores, at least one."""
+    return max(1, (os.cpu_count() or 1) // max(1, threads))
+
+
 class ServeState:
     """The run and the current version of every bundle; reloads swap versions atomically.
+
+    Raw text and image queries run through the run's encoders on ``encode_slots`` threads of their own
+    (:meth:`encode`); the requests beyond that wait their turn. On a CPU more encodings at once would only share the
+    same cores, and every thread that runs the encoders keeps its own working memory, so the server's memory would
+    grow with the number of clients.
 
     Args:
         run: Run folder or loaded run.
         bundles: Bundle folders; each is served under its folder name.
         verify: Check every bundle file's SHA-256 against its manifest at each load and reload.
+        encode_slots: Query encodings that may run at once (0: :func:`default_encode_slots`).
     """
 
-    def __init__(self, run: LoadedRun | str | Path, bundles: list[str | Path], *, verify: bool = False) -> None:
+    def __init__(
+        self, run: LoadedRun | str | Path, bundles: list[str | Path], *, verify: bool = False, encode_slots: int = 0
+    ) -> None:
         if not bundles:
             raise UsageError("pass at least one --index BUNDLE")
+        if encode_slots < 0:
+            raise UsageError(f"--max-encodes must be 0 (one per core) or more, got {encode_slots}")
+        self.encode_slots = encode_slots or default_encode_slots()
+        self._encoders = ThreadPoolExecutor(self.encode_slots, thread_name_prefix="dscmr-encode")
         self.run = as_run(run)
         self.raw = self.run.config.data.format in raw_formats()
         self.verify = verify
@@ -276,6 +296,10 @@ class ServeState:
                     lb.retriever.search_images([path], k=1)
                 finally:
                     os.unlink(path)
+
+    def encode(self, work: Callable[[], T]) -> T:
+        """Run ``work`` (a query through the encoders) on one of the ``encode_slots`` encoder threads; wait for it."""
+        return self._encoders.submit(work).result()
 
     def start_watcher(self, interval: float = 1.0) -> None:
         """Check the bundles for changes every ``interval`` seconds in a daemon thread."""
