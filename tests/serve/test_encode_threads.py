@@ -18,23 +18,26 @@ from dscmr.serve.state import ServeState, default_encode_slots
 
 
 class _Counting:
-    """Wraps ``query_features``: counts the calls running at once, each held ``hold`` seconds."""
+    """Wraps ``query_features``: counts the calls running at once. Each call waits (at most 30 s) until ``expect``
+    calls run together, so the overlap the gate allows always happens, then holds ``hold`` seconds more."""
 
-    def __init__(self, real: Any, hold: float) -> None:
-        self.real, self.hold = real, hold
+    def __init__(self, real: Any, *, expect: int, hold: float) -> None:
+        self.real, self.expect, self.hold = real, expect, hold
         self.active = self.peak = self.calls = 0
-        self.lock = threading.Lock()
+        self.cond = threading.Condition()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with self.lock:
+        with self.cond:
             self.active += 1
             self.calls += 1
             self.peak = max(self.peak, self.active)
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.peak >= self.expect, timeout=30)
         try:
             time.sleep(self.hold)
             return self.real(*args, **kwargs)
         finally:
-            with self.lock:
+            with self.cond:
                 self.active -= 1
 
 
@@ -61,14 +64,15 @@ def _concurrent_queries(state: ServeState, queries: list[Query]) -> list[dict[st
 @pytest.mark.parametrize("slots", [1, 2])
 def test_encodings_at_once_never_exceed_the_slots(shapes_run, monkeypatch, slots):
     state = ServeState(shapes_run.run, [shapes_run.images, shapes_run.texts], encode_slots=slots)
-    counting = _Counting(query_module.query_features, hold=0.3)
+    counting = _Counting(query_module.query_features, expect=slots, hold=0.3)
     monkeypatch.setattr(query_module, "query_features", counting)
     picture = sorted((shapes_run.folder / "images").glob("*.png"))[0].read_bytes()
     queries = [Query(texts=["a large red circle"]) for _ in range(4)] + [Query(image=picture) for _ in range(2)]
     answers = _concurrent_queries(state, queries)
     assert counting.calls == 6 and len(answers) == 6
     assert all(len(a["hits"]) == 10 for a in answers)
-    # Six requests held 0.3 s each on six threads: without the gate all six overlap; with it, exactly `slots`.
+    # Six requests on six threads, each held until `slots` of them run together and 0.3 s more: without the encoder
+    # threads all six overlap; with them, exactly `slots`.
     assert counting.peak == slots
 
 
