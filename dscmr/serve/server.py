@@ -95,6 +95,7 @@ def serve(
     say(
         f"loaded {len(state.names)} bundle(s): "
         + ", ".join(f"{b.name} ({b.retriever.bundle.count} {b.modality}s)" for b in state.all())
+        + f"; {state.encode_slots} query encoding(s) at a time (--max-encodes)"
     )
     state.warm()
     app = create_app(state, limits=limits, token=token)

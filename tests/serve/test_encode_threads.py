@@ -119,3 +119,36 @@ def test_default_slots_and_bad_values(shapes_run, monkeypatch):
         app, ["serve", "--run", str(shapes_run.run), "--index", str(shapes_run.images), "--max-encodes", "-1"]
     )
     assert res.exit_code == 2 and "--max-encodes must be 0" in res.output and "Traceback" not in res.output
+
+
+def test_a_real_server_takes_max_encodes(shapes_run):
+    """``dscmr serve --max-encodes 3`` in its own process: /api/v1/info says 3, and 8 concurrent text and image
+    queries all answer."""
+    import base64
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from dscmr.serve.bench import free_port, start_server
+
+    port = free_port()
+    proc = start_server(shapes_run.run, [shapes_run.images, shapes_run.texts], port=port, extra=("--max-encodes", "3"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/api/v1/info", timeout=30).json()["encode_slots"] == 3
+        picture = sorted((shapes_run.folder / "images").glob("*.png"))[0].read_bytes()
+        bodies = [{"text": "a large red circle", "k": 4}] * 4 + [
+            {"image": base64.b64encode(picture).decode(), "k": 4}
+        ] * 4
+
+        def post(body: dict[str, Any]) -> httpx.Response:
+            return httpx.post(f"{url}/api/v1/search", json=body, timeout=120)
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(post, bodies))
+        assert [r.status_code for r in answers] == [200] * 8
+        assert all(len(r.json()["hits"]) == 4 for r in answers)
+        assert {r.json()["modality"] for r in answers} == {"image", "text"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
