@@ -167,10 +167,9 @@ class DSCMREnsemble(nn.Module):
         if self.projection is None:
             raise ValueError("this ensemble has no projection (dim = 0)")
         k = self.projection.shape[1]
-        if fit_rows(len(img), len(txt)) < k:
-            raise ValueError(
-                f"a {k}-wide projection needs at least {k} training rows, got {fit_rows(len(img), len(txt))}"
-            )
+        rows = fit_rows(len(img), len(txt))
+        if rows < k:
+            raise ValueError(f"a {k}-wide projection needs at least {k} training rows, got {rows}")
         img, txt = _evenly(img, FIT_ROWS), _evenly(txt, FIT_ROWS)
         members = self._member_models()
         joined = torch.cat(

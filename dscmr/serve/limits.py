@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+
+from dscmr.errors import UsageError
+
+
+def encode_slots(max_encodes: int = 0, *, threads: int = 1) -> int:
+    """How many text / image queries ``dscmr serve`` encodes at once: ``max_encodes`` (``--max-encodes``), or with 0
+    one per ``threads`` cores, at least one.
+
+    Raises:
+        UsageError: ``max_encodes`` below 0.
+    """
+    if max_encodes < 0:
+        raise UsageError(f"--max-encodes must be 0 (one per core) or more, got {max_encodes}")
+    return max_encodes or max(1, (os.cpu_count() or 1) // max(1, threads))
 
 
 @dataclass(frozen=True)

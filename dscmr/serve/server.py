@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dscmr.errors import UsageError
-from dscmr.serve.limits import Limits
+from dscmr.serve.limits import Limits, encode_slots
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ def serve(
         raise UsageError(f"--port must be between 1 and 65535, got {port}")
     if threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
-    if max_encodes < 0:
-        raise UsageError(f"--max-encodes must be 0 (one per core) or more, got {max_encodes}")
+    slots = encode_slots(max_encodes, threads=threads)
     check_port(host, port)
     import faiss
     import torch
@@ -89,9 +88,9 @@ def serve(
     faiss.omp_set_num_threads(threads)
 
     from dscmr.serve.app import create_app
-    from dscmr.serve.state import ServeState, default_encode_slots
+    from dscmr.serve.state import ServeState
 
-    state = ServeState(run, bundles, verify=verify, encode_slots=max_encodes or default_encode_slots(threads))
+    state = ServeState(run, bundles, verify=verify, encode_slots=slots)
     say(
         f"loaded {len(state.names)} bundle(s): "
         + ", ".join(f"{b.name} ({b.retriever.bundle.count} {b.modality}s)" for b in state.all())

@@ -28,6 +28,7 @@ from dscmr.errors import DscmrError, QueryError, UsageError
 from dscmr.indexing.bundle import MANIFEST
 from dscmr.indexing.from_run import as_run, raw_formats
 from dscmr.indexing.retriever import Retriever
+from dscmr.serve.limits import encode_slots as resolve_encode_slots
 from dscmr.train import LoadedRun
 
 log = logging.getLogger(__name__)
@@ -169,11 +170,6 @@ class LoadedBundle:
         }
 
 
-def default_encode_slots(threads: int = 1) -> int:
-    """How many query encodings may run at once by default: one per ``threads`` cores, at least one."""
-    return max(1, (os.cpu_count() or 1) // max(1, threads))
-
-
 class ServeState:
     """The run and the current version of every bundle; reloads swap versions atomically.
 
@@ -186,7 +182,7 @@ class ServeState:
         run: Run folder or loaded run.
         bundles: Bundle folders; each is served under its folder name.
         verify: Check every bundle file's SHA-256 against its manifest at each load and reload.
-        encode_slots: Query encodings that may run at once (0: :func:`default_encode_slots`).
+        encode_slots: Query encodings that may run at once (0: one per core, :func:`~dscmr.serve.limits.encode_slots`).
     """
 
     def __init__(
@@ -194,9 +190,7 @@ class ServeState:
     ) -> None:
         if not bundles:
             raise UsageError("pass at least one --index BUNDLE")
-        if encode_slots < 0:
-            raise UsageError(f"--max-encodes must be 0 (one per core) or more, got {encode_slots}")
-        self.encode_slots = encode_slots or default_encode_slots()
+        self.encode_slots = resolve_encode_slots(encode_slots)
         self._encoders = ThreadPoolExecutor(self.encode_slots, thread_name_prefix="dscmr-encode")
         self.run = as_run(run)
         self.raw = self.run.config.data.format in raw_formats()

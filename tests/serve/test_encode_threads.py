@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 import dscmr.serve.query as query_module
 from dscmr.cli.main import app
-from dscmr.serve.limits import Limits
+from dscmr.serve.limits import Limits, encode_slots
 from dscmr.serve.query import Query, run_query
-from dscmr.serve.state import ServeState, default_encode_slots
+from dscmr.serve.state import ServeState
 
 
 class _Counting:
@@ -113,7 +113,7 @@ def test_encodings_run_on_the_encoder_threads(shapes_run, monkeypatch):
 
 def test_default_slots_and_bad_values(shapes_run, monkeypatch):
     monkeypatch.setattr("os.cpu_count", lambda: 8)
-    assert (default_encode_slots(), default_encode_slots(2), default_encode_slots(16)) == (8, 4, 1)
+    assert (encode_slots(), encode_slots(threads=2), encode_slots(threads=16), encode_slots(3)) == (8, 4, 1, 3)
     assert ServeState(shapes_run.run, [shapes_run.images]).encode_slots == 8
     res = CliRunner().invoke(
         app, ["serve", "--run", str(shapes_run.run), "--index", str(shapes_run.images), "--max-encodes", "-1"]
